@@ -1,0 +1,116 @@
+# wsguard - build, run and test.
+#
+#   make run     install missing Debian packages, build, make a development
+#                certificate if none, start a demo echo backend and wsguard
+#   make test    install, build, run every test (unit, fuzz regressions,
+#                integration); ends with "N passed, N failed"
+#   make asan    the whole suite against an ASan + UBSan build
+#   make fuzz    build the libFuzzer targets and run each for FUZZ_TIME s
+#   make bench   side-by-side benchmark (see docs/performance.md)
+
+CC       ?= cc
+BUILD    ?= build
+SANITIZE ?=
+FUZZ_TIME ?= 30
+PYTHON   ?= /usr/bin/python3
+
+WARN  = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+        -Wmissing-prototypes -Wformat=2 -Wundef -Wimplicit-fallthrough \
+        -Wno-unused-parameter
+HARDEN = -fstack-protector-strong -fPIE
+CFLAGS ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(HARDEN) $(CFLAGS) -MMD -MP
+ifeq ($(SANITIZE),)
+ALL_CFLAGS += -D_FORTIFY_SOURCE=2
+else
+ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+LDFLAGS += -pie
+LIBS = -lssl -lcrypto -lev -linih -ljansson -lpcre2-8 -lpthread -lm
+
+SRC     = $(wildcard src/*.c)
+OBJ     = $(SRC:src/%.c=$(BUILD)/%.o)
+LIBOBJ  = $(filter-out $(BUILD)/main.o,$(OBJ))
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+REGR_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/regress/%)
+
+.PHONY: all run test unit itest asan fuzz fuzz-regress bench deps cert \
+        clean check
+
+all: $(BUILD)/wsguard
+
+$(BUILD)/wsguard: $(OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/%.o: src/%.c | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD) $(BUILD)/tests $(BUILD)/fuzz $(BUILD)/regress:
+	mkdir -p $@
+
+# Unit tests: one cmocka program per tests/unit/test_<module>.c, linked
+# against every module but main.c.
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ) | $(BUILD)/tests
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(LIBOBJ) $(LDFLAGS) $(LIBS) -lcmocka
+
+# Fuzz targets (libFuzzer, clang-14) and their replay programs: the same
+# target linked with tests/fuzz/replay.c and the normal compiler, which
+# `make test` runs over tests/fuzz/corpus/<t>/ and tests/fuzz/regress/<t>/.
+FUZZ_CC = clang-14
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Isrc \
+             -fsanitize=fuzzer,address,undefined
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SRC) | $(BUILD)/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(filter-out src/main.c,$(SRC)) $(LIBS)
+
+$(BUILD)/regress/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIBOBJ) | $(BUILD)/regress
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< tests/fuzz/replay.c $(LIBOBJ) $(LDFLAGS) $(LIBS)
+
+deps:
+	@scripts/install-deps.sh
+
+cert:
+	@scripts/dev-cert.sh conf/certs
+
+check: all
+	$(BUILD)/wsguard -t -c conf/wsguard.ini
+
+run: deps all cert
+	@scripts/run-demo.sh
+
+unit: $(UNIT_BIN)
+itest: all
+fuzz-regress: $(REGR_BIN)
+
+test: deps
+	@$(MAKE) --no-print-directory all unit fuzz-regress
+	@scripts/run-tests.sh $(BUILD)
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CC=clang-14 \
+	    SANITIZE=address,undefined all unit fuzz-regress
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    scripts/run-tests.sh build-asan
+
+fuzz: deps $(FUZZ_BIN)
+	@for t in $(FUZZ_BIN); do n=$$(basename $$t); \
+	    mkdir -p $(BUILD)/fuzz/corpus-$$n; \
+	    d=tests/fuzz/$$n.dict; [ -f $$d ] && dict=-dict=$$d || dict=; \
+	    echo "== $$n ($(FUZZ_TIME)s)"; \
+	    $$t $$dict -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	        $(BUILD)/fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; \
+	done
+
+bench: deps all
+	@$(MAKE) --no-print-directory -C bench
+	@bench/run.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(OBJ:.o=.d)
