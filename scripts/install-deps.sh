@@ -1,0 +1,33 @@
+#!/bin/sh
+# install-deps.sh - install the Debian 12 packages wsguard needs to build,
+# run and test, but only those that are missing. Quiet when all are present.
+set -eu
+
+PACKAGES="build-essential pkg-config libssl-dev openssl libev-dev
+libpcre2-dev libinih-dev libjansson-dev libhiredis-dev libcmocka-dev
+python3 python3-pytest python3-websockets clang-14 libclang-rt-14-dev
+redis-server chromium nginx-light haproxy gnuplot-nox valgrind"
+
+missing=
+for p in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+    *" installed") ;;
+    *) missing="$missing $p" ;;
+    esac
+done
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages:$missing" >&2
+    echo "install-deps: run as root:" >&2
+    echo "  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$missing" >&2
+    exit 1
+fi
+
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing
