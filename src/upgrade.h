@@ -85,7 +85,7 @@ int upgrade_backend_request(char *out, size_t cap,
  * 101, Upgrade: websocket, Connection: upgrade, the right
  * Sec-WebSocket-Accept, no Sec-WebSocket-Extensions, and at most one
  * Sec-WebSocket-Protocol whose value is one the client offered in req.
- * Returns 0 and sets *proto/*proto_len (NULL/0 if none), or -1 with
+ * Returns 0 and sets *proto and *proto_len (NULL/0 if none), or -1 with
  * *reason a short static text.
  */
 int upgrade_check_response(const struct http_response *resp,
