@@ -177,4 +177,13 @@ const struct policy *config_route(const struct config *cfg,
                                   const char *path, size_t len,
                                   const char **route_name);
 
+/*
+ * Added for tests and fuzzing (not used by the server): like config_load()
+ * but the INI text comes from the NUL-terminated string text; name is used
+ * in messages in place of the file name, and cfg->path stays NULL.
+ */
+struct config *config_load_string(const char *name, const char *text,
+                                  char *const *envp, config_err_fn err,
+                                  void *ctx);
+
 #endif
