@@ -1,0 +1,1547 @@
+/*
+ * conn.c - the session state machine and the frame relay.
+ *
+ *   accept ─► TLS_HANDSHAKE ─► REQ_READ ─► policy ─► BE_CONNECT ─► BE_SEND
+ *                 │               │           │          │            │
+ *                 │               └───────────┴──────────┴─► REFUSING ─┤
+ *                 ▼                                                    ▼
+ *              (freed)   BE_READ ─► CLI_101 ─► RELAY ─► CLOSING ─► (freed)
+ *
+ * A session is two sides (struct side: the client leg, TLS or plain, and
+ * the backend leg, plain TCP) and two directions (struct dir: "up" carries
+ * frames client -> backend, "down" backend -> client). Each direction owns
+ * at most one 16 KiB buffer, taken from the worker's freelist while bytes
+ * are in flight and given back as soon as it is empty:
+ *
+ *      data[0] ≤ pos ≤ parsed ≤ last ≤ BUF_SIZE
+ *      [pos, parsed)   validated bytes not yet written to the destination
+ *      [parsed, last)  received bytes not yet validated (at most a frame
+ *                      header or one control frame: ≤ 14 + 125 bytes)
+ *
+ * Reads land at last, the frame parser advances parsed (unmasking,
+ * checking UTF-8 and re-masking payload in place as it goes), and the
+ * writer drains [pos, parsed). Unvalidated bytes are never forwarded. A
+ * full buffer stops reading from the source until the destination takes
+ * bytes: that is all the backpressure there is, and it bounds memory.
+ *
+ * Frames wsguard sends itself (close frames) wait in the direction's
+ * small ctl slot until the stream toward that side is at a frame boundary.
+ *
+ * Teardown: handlers never free. They set sides closed or the connection
+ * dead; every libev callback ends in conn_settle(), which closes what is
+ * finished and frees the connection when both sides are closed.
+ */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "log.h"
+#include "upgrade.h"
+#include "utf8.h"
+#include "worker.h"
+#include "ws.h"
+#include "buf.h"
+#include "tls.h"
+
+enum conn_state {
+    CS_TLS_HANDSHAKE = 0,
+    CS_REQ_READ,
+    CS_BE_CONNECT,
+    CS_BE_SEND,
+    CS_BE_READ,
+    CS_CLI_101,
+    CS_RELAY,
+    CS_CLOSING,
+    CS_REFUSING
+};
+
+static const char *const state_names[] = {
+    "TLS_HANDSHAKE", "REQ_READ", "BE_CONNECT", "BE_SEND", "BE_READ",
+    "CLI_101", "RELAY", "CLOSING", "REFUSING"
+};
+
+#define MAX_HEADERS 64
+#define BE_HEAD_MAX 8192        /* backend's 101 head */
+#define READS_PER_EVENT 8       /* fairness between connections */
+#define LINGER_TIME 2.0         /* s: reading after a refusal */
+
+struct side {
+    int fd;                     /* -1 once closed */
+    SSL *ssl;                   /* client leg with TLS, else NULL */
+    ev_io rd, wr;
+    unsigned eof : 1;           /* peer gone (EOF or error) */
+    unsigned wblocked : 1;      /* last write returned EAGAIN */
+    unsigned rd_wants_wr : 1;   /* SSL_read needs the socket writable */
+    unsigned wr_wants_rd : 1;   /* SSL_write needs the socket readable */
+    unsigned sent_close : 1;    /* a close frame was fully written to it */
+    unsigned got_close : 1;     /* it sent us a close frame */
+    unsigned kill : 1;          /* close it as soon as output is flushed */
+    unsigned hs_want_wr : 1;    /* TLS handshake waits for writability */
+};
+
+enum dir_mode {
+    DIR_RELAY = 0,              /* validate and forward */
+    DIR_DISCARD                 /* after a close: parse, forward nothing */
+};
+
+struct dir {
+    struct buf *b;              /* NULL while nothing is in flight */
+    struct side *src, *dst;
+    struct ws_msg msg;          /* message being received */
+    uint64_t remaining;         /* payload bytes left of the current frame */
+    uint64_t frame_off;         /* payload bytes of it already seen */
+    uint64_t max_payload;
+    uint8_t in_frame;           /* inside a data frame's payload */
+    uint8_t fin;                /* of the current data frame */
+    uint8_t masked;             /* of the current data frame */
+    uint8_t from_client;        /* frames must be masked */
+    uint8_t mode;               /* enum dir_mode */
+    uint8_t cut;                /* forwarded stream ends mid-frame */
+    uint8_t close_fwd;          /* a forwarded close is in [pos, parsed) */
+    uint8_t ckey[4];            /* sender's masking key */
+    uint8_t okey[4];            /* wsguard's masking key toward a server */
+    uint8_t ctl_len, ctl_off;
+    uint8_t ctl[WS_MAX_HEADER + WS_MAX_CONTROL];
+    uint64_t bytes, msgs;       /* relayed in this direction */
+};
+
+struct conn {
+    struct worker *w;
+    struct runtime *rt;         /* reference held */
+    const struct policy *pol;   /* in rt->cfg, chosen by route */
+    const char *route;
+    struct conn *prev, *next;   /* worker's list */
+    enum conn_state state;
+    unsigned dead : 1;
+    unsigned in_callback : 1;
+    unsigned failing : 1;       /* wsguard is ending the session */
+    unsigned relayed : 1;       /* reached RELAY */
+    unsigned logged : 1;
+    unsigned lingering : 1;    /* refusal sent, draining input */
+    struct side cli, be;
+    struct dir up, down;
+    ev_timer timer;
+    ev_tstamp started, last_activity, phase_start, closing_since;
+    char client_ip[INET6_ADDRSTRLEN];
+
+    /* Handshake only; all NULL once relaying. */
+    char *head;                 /* client request head, max_header_bytes */
+    size_t head_len;
+    size_t head_used;           /* length of the parsed head */
+    struct http_request req;
+    struct http_header hdrs[MAX_HEADERS];
+    struct upgrade_req ureq;
+    char be_key[UPGRADE_KEY_LEN + 1];
+    char *out;                  /* bytes being written (request/101/refusal) */
+    size_t out_len, out_off;
+    char *bhead;                /* backend response head */
+    size_t bhead_len;
+    unsigned be_tries;
+    const struct backend_addr *be_addr;
+
+    /* For the access log. */
+    char *path;                 /* copy of the request path */
+    char *origin;
+    int status;                 /* refusal status */
+    int close_code;
+    const char *closed_by;
+    const char *reason;
+};
+
+/* ------------------------------------------------------------------ */
+/* State, timer, teardown                                              */
+
+static void conn_set_state(struct conn *c, enum conn_state s);
+static void conn_timer_arm(struct conn *c);
+static void conn_settle(struct conn *c);
+static void conn_refuse(struct conn *c, int status, const char *reason);
+static void relay_start(struct conn *c);
+static void dir_flush(struct conn *c, struct dir *d);
+static void relay_fail(struct conn *c, int cli_code, int be_code,
+                       const char *reason, const char *by);
+
+static ev_tstamp
+ms(uint64_t v)
+{
+    return (ev_tstamp)v / 1000.0;
+}
+
+static const struct config *
+cfg_of(const struct conn *c)
+{
+    return c->rt->cfg;
+}
+
+static void
+conn_set_state(struct conn *c, enum conn_state s)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_debug("conn %s: %s -> %s", c->client_ip, state_names[c->state],
+                  state_names[s]);
+    c->state = s;
+    c->phase_start = ev_now(c->w->loop);
+    conn_timer_arm(c);
+}
+
+/* The one deadline of the current phase (libev's "strategy #3": activity
+ * only stores a time stamp; the timer re-arms itself from it when it
+ * fires). Returns 0 when no deadline applies. */
+static ev_tstamp
+conn_deadline(const struct conn *c)
+{
+    const struct config *cfg = cfg_of(c);
+    ev_tstamp d = 0;
+
+    switch (c->state) {
+    case CS_TLS_HANDSHAKE:
+    case CS_REQ_READ:
+        d = c->started + ms(cfg->handshake_timeout_ms);
+        break;
+    case CS_REFUSING:
+        d = c->phase_start + LINGER_TIME;
+        break;
+    case CS_BE_CONNECT:
+    case CS_BE_SEND:
+    case CS_BE_READ:
+        d = c->phase_start + ms(c->pol->connect_timeout_ms);
+        break;
+    case CS_CLI_101:
+        d = c->started + ms(cfg->handshake_timeout_ms) +
+            ms(c->pol->connect_timeout_ms);
+        break;
+    case CS_RELAY:
+        if (cfg->idle_timeout_ms)
+            d = c->last_activity + ms(cfg->idle_timeout_ms);
+        if (cfg->max_lifetime_ms) {
+            ev_tstamp l = c->started + ms(cfg->max_lifetime_ms);
+            if (d == 0 || l < d)
+                d = l;
+        }
+        break;
+    case CS_CLOSING:
+        d = c->closing_since + ms(cfg->close_timeout_ms ?
+                                      cfg->close_timeout_ms : 1);
+        break;
+    }
+    return d;
+}
+
+static void
+conn_timer_arm(struct conn *c)
+{
+    ev_tstamp d = conn_deadline(c);
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (d == 0)
+        return;
+    ev_tstamp after = d - ev_now(c->w->loop);
+    ev_timer_set(&c->timer, after > 0 ? after : 0, 0);
+    ev_timer_start(c->w->loop, &c->timer);
+}
+
+static void
+conn_timeout(struct conn *c)
+{
+    ev_tstamp now = ev_now(c->w->loop);
+    ev_tstamp d = conn_deadline(c);
+
+    if (d > now + 0.0005) {     /* activity moved the deadline: re-arm */
+        conn_timer_arm(c);
+        return;
+    }
+    switch (c->state) {
+    case CS_TLS_HANDSHAKE:
+    case CS_REQ_READ:
+        c->reason = "handshake timeout";
+        c->dead = 1;
+        break;
+    case CS_REFUSING:
+        c->dead = 1;
+        break;
+    case CS_BE_CONNECT:
+    case CS_BE_SEND:
+    case CS_BE_READ:
+        conn_refuse(c, 504, "backend timeout");
+        break;
+    case CS_CLI_101:
+        c->reason = "client did not read the 101";
+        c->dead = 1;
+        break;
+    case CS_RELAY: {
+        const struct config *cfg = cfg_of(c);
+        int life = cfg->max_lifetime_ms &&
+                   now >= c->started + ms(cfg->max_lifetime_ms) - 0.0005;
+        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
+                   life ? "max lifetime" : "idle timeout", "wsguard");
+        break;
+    }
+    case CS_CLOSING:
+        if (c->reason == NULL)
+            c->reason = "close timeout";
+        c->dead = 1;
+        break;
+    }
+}
+
+static void
+side_close(struct conn *c, struct side *s)
+{
+    if (s->fd == -1)
+        return;
+    ev_io_stop(c->w->loop, &s->rd);
+    ev_io_stop(c->w->loop, &s->wr);
+    if (s->ssl != NULL) {
+        /* Best effort close_notify; the socket is non-blocking and we do
+         * not wait for the peer's. */
+        if (!s->eof && SSL_is_init_finished(s->ssl))
+            SSL_shutdown(s->ssl);
+        ERR_clear_error();
+    }
+    close(s->fd);
+    s->fd = -1;
+}
+
+static void
+conn_log(struct conn *c)
+{
+    if (c->logged)
+        return;
+    c->logged = 1;
+    struct access_rec r = {0};
+    r.event = c->relayed ? "session" : "reject";
+    r.client_ip = c->client_ip;
+    r.route = c->route;
+    r.path = c->path;
+    r.path_len = c->path ? strlen(c->path) : 0;
+    r.origin = c->origin;
+    r.origin_len = c->origin ? strlen(c->origin) : 0;
+    r.status = c->relayed ? 0 : c->status;
+    r.close_code = c->relayed ? c->close_code : 0;
+    r.closed_by = c->relayed ? c->closed_by : NULL;
+    r.reason = c->reason;
+    r.bytes_in = c->up.bytes;
+    r.bytes_out = c->down.bytes;
+    r.msgs_in = c->up.msgs;
+    r.msgs_out = c->down.msgs;
+    r.duration_ms = (uint64_t)((ev_now(c->w->loop) - c->started) * 1000);
+    r.tls_version = c->cli.ssl ? tls_version_name(c->cli.ssl) : NULL;
+    log_access(&r);
+}
+
+static void
+conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+
+    conn_log(c);
+    side_close(c, &c->cli);
+    side_close(c, &c->be);
+    ev_timer_stop(w->loop, &c->timer);
+    if (c->cli.ssl)
+        SSL_free(c->cli.ssl);
+    if (c->up.b)
+        worker_buf_put(w, c->up.b);
+    if (c->down.b)
+        worker_buf_put(w, c->down.b);
+    free(c->head);
+    free(c->out);
+    free(c->bhead);
+    free(c->path);
+    free(c->origin);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    atomic_fetch_sub(&worker_total_conns, 1);
+    atomic_fetch_sub(&w->st.active, 1);
+    runtime_unref(c->rt);
+    free(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Socket I/O over either leg                                          */
+
+/* Returns > 0 bytes read, 0 when nothing is available now, -1 at EOF or
+ * on an error (s->eof set). */
+static ssize_t
+side_read(struct side *s, void *p, size_t n)
+{
+    if (s->ssl == NULL) {
+        for (;;) {
+            ssize_t r = read(s->fd, p, n);
+            if (r > 0)
+                return r;
+            if (r == 0) {
+                s->eof = 1;
+                return -1;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            s->eof = 1;
+            return -1;
+        }
+    }
+    s->rd_wants_wr = 0;
+    int r = SSL_read(s->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        return 0;
+    case SSL_ERROR_WANT_WRITE:
+        s->rd_wants_wr = 1;
+        return 0;
+    default:
+        ERR_clear_error();
+        s->eof = 1;
+        return -1;
+    }
+}
+
+/* Returns > 0 bytes written, 0 when the socket takes nothing now
+ * (s->wblocked set), -1 on error (s->eof set). */
+static ssize_t
+side_write(struct side *s, const void *p, size_t n)
+{
+    if (s->ssl == NULL) {
+        for (;;) {
+            ssize_t r = write(s->fd, p, n);
+            if (r >= 0) {
+                s->wblocked = (size_t)r < n;
+                return r;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                s->wblocked = 1;
+                return 0;
+            }
+            s->eof = 1;
+            return -1;
+        }
+    }
+    s->wr_wants_rd = 0;
+    int r = SSL_write(s->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0) {
+        s->wblocked = (size_t)r < n;
+        return r;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        s->wblocked = 1;
+        return 0;
+    case SSL_ERROR_WANT_READ:
+        s->wblocked = 1;
+        s->wr_wants_rd = 1;
+        return 0;
+    default:
+        ERR_clear_error();
+        s->eof = 1;
+        return -1;
+    }
+}
+
+static void
+io_set(struct ev_loop *loop, ev_io *io, int on)
+{
+    if (on && !ev_is_active(io))
+        ev_io_start(loop, io);
+    else if (!on && ev_is_active(io))
+        ev_io_stop(loop, io);
+}
+
+/* ------------------------------------------------------------------ */
+/* Handshake phase                                                     */
+
+/* Write c->out to side s. Returns 1 when all is written, 0 when blocked,
+ * -1 on error. */
+static int
+out_flush(struct conn *c, struct side *s)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = side_write(s, c->out + c->out_off,
+                               c->out_len - c->out_off);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            return 0;
+        c->out_off += (size_t)n;
+    }
+    s->wblocked = 0;
+    return 1;
+}
+
+/* After the refusal is written: stop sending, then read and drop what
+ * the client still sends until it closes (bounded by a short deadline).
+ * Closing a socket with unread input makes the kernel send a reset, which
+ * can destroy the response before the client reads it (nginx's
+ * "lingering close"). */
+static void
+conn_linger(struct conn *c)
+{
+    char sink[4096];
+
+    if (!c->lingering) {
+        c->lingering = 1;
+        if (c->cli.ssl) {
+            SSL_shutdown(c->cli.ssl);
+            ERR_clear_error();
+        }
+        shutdown(c->cli.fd, SHUT_WR);
+    }
+    for (int i = 0; i < READS_PER_EVENT; i++) {
+        ssize_t n = side_read(&c->cli, sink, sizeof sink);
+        if (n < 0) {
+            c->dead = 1;
+            return;
+        }
+        if (n == 0)
+            return;
+    }
+}
+
+static void
+conn_refusing_io(struct conn *c)
+{
+    if (c->lingering) {
+        conn_linger(c);
+        return;
+    }
+    int r = out_flush(c, &c->cli);
+    if (r < 0)
+        c->dead = 1;
+    else if (r == 1)
+        conn_linger(c);
+}
+
+static void
+conn_refuse(struct conn *c, int status, const char *reason)
+{
+    char buf[512];
+
+    c->status = status;
+    c->reason = reason;
+    atomic_fetch_add(&c->w->st.rejected, 1);
+    log_info("refused %s: %d %s", c->client_ip, status, reason);
+    side_close(c, &c->be);
+    int n = upgrade_refusal(buf, sizeof buf, status, NULL, 0);
+    free(c->out);
+    c->out = NULL;
+    if (n <= 0 || (c->out = malloc((size_t)n)) == NULL) {
+        c->dead = 1;
+        return;
+    }
+    memcpy(c->out, buf, (size_t)n);
+    c->out_len = (size_t)n;
+    c->out_off = 0;
+    conn_set_state(c, CS_REFUSING);
+    conn_refusing_io(c);
+}
+
+static void be_connect(struct conn *c);
+
+/* Copy a counted string for the access log. */
+static char *
+dupn(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+/* The complete request head is in c->head[0..c->head_used). */
+static void
+conn_policy(struct conn *c)
+{
+    const struct config *cfg = cfg_of(c);
+    const char *reason = NULL;
+
+    c->path = dupn(c->req.target, c->req.target_len);
+    const struct http_header *o = http_find(c->req.headers, c->req.nheaders,
+                                            "origin", NULL);
+    if (o)
+        c->origin = dupn(o->value, o->value_len);
+
+    int status = upgrade_check(&c->req, &c->ureq, &reason);
+    if (status != 0) {
+        conn_refuse(c, status, reason);
+        return;
+    }
+    c->pol = config_route(cfg, c->ureq.path, c->ureq.path_len, &c->route);
+    if (c->pol == NULL) {
+        conn_refuse(c, 404, "no route");
+        return;
+    }
+    if (c->w->draining) {
+        conn_refuse(c, 503, "draining");
+        return;
+    }
+    if (cfg->max_connections &&
+        atomic_load(&worker_total_conns) > cfg->max_connections) {
+        conn_refuse(c, 503, "max_connections");
+        return;
+    }
+    c->be_tries = 0;
+    be_connect(c);
+}
+
+static void
+conn_req_read(struct conn *c)
+{
+    size_t cap = (size_t)cfg_of(c)->max_header_bytes;
+
+    if (c->head == NULL && (c->head = malloc(cap + 1)) == NULL) {
+        c->dead = 1;
+        return;
+    }
+    for (int i = 0; i < READS_PER_EVENT; i++) {
+        if (c->head_len >= cap) {
+            conn_refuse(c, 431, "request head too large");
+            return;
+        }
+        size_t last = c->head_len;
+        ssize_t n = side_read(&c->cli, c->head + c->head_len,
+                              cap - c->head_len);
+        if (n < 0) {
+            c->reason = c->head_len ? "client closed during request"
+                                    : "client closed before request";
+            c->dead = 1;
+            return;
+        }
+        if (n == 0)
+            return;
+        c->head_len += (size_t)n;
+        c->req.headers = c->hdrs;
+        c->req.nheaders = MAX_HEADERS;
+        int r = http_parse_request(c->head, c->head_len, last, &c->req);
+        if (r == HTTP_INCOMPLETE)
+            continue;
+        if (r == HTTP_ERROR) {
+            conn_refuse(c, 400, "malformed request");
+            return;
+        }
+        if (r == HTTP_TOO_MANY) {
+            conn_refuse(c, 431, "too many header lines");
+            return;
+        }
+        c->head_used = (size_t)r;
+        conn_policy(c);
+        return;
+    }
+}
+
+static void
+conn_tls_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->cli.ssl);
+    if (r == 1) {
+        c->cli.hs_want_wr = 0;
+        conn_set_state(c, CS_REQ_READ);
+        conn_req_read(c);
+        return;
+    }
+    switch (SSL_get_error(c->cli.ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        c->cli.hs_want_wr = 0;
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        c->cli.hs_want_wr = 1;
+        return;
+    default: {
+        unsigned long e = ERR_peek_error();
+        if (log_enabled(LOG_DEBUG)) {
+            char msg[200] = "connection closed";
+            if (e)
+                ERR_error_string_n(e, msg, sizeof msg);
+            log_debug("TLS handshake with %s failed: %s", c->client_ip, msg);
+        }
+        ERR_clear_error();
+        c->cli.eof = 1;
+        c->reason = "tls handshake failed";
+        c->dead = 1;
+    }
+    }
+}
+
+/* Pick the backend for this attempt: round robin over the pool per
+ * worker; a failed connect tries the next one (failover). */
+static const struct backend_addr *
+be_pick(struct conn *c)
+{
+    const struct policy *p = c->pol;
+    if (p->nbackends == 0)
+        return NULL;
+    if (c->be_tries == 0)
+        c->w->be_next++;
+    return &p->backends[(c->w->be_next + c->be_tries) % p->nbackends];
+}
+
+static void
+be_failed(struct conn *c, const char *why)
+{
+    side_close(c, &c->be);
+    c->be.eof = 0;
+    c->be_tries++;
+    if (c->be_tries < c->pol->nbackends) {
+        log_warn("backend connect failed (%s), trying the next one", why);
+        be_connect(c);
+        return;
+    }
+    conn_refuse(c, 502, why);
+}
+
+static void
+be_connect(struct conn *c)
+{
+    const struct backend_addr *be = be_pick(c);
+    struct sockaddr_storage ss;
+
+    c->be_addr = be;
+    socklen_t sl;
+
+    if (be == NULL || runtime_resolve(c->rt, be, &ss, &sl) != 0) {
+        conn_refuse(c, 502, "backend address unknown");
+        return;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    0);
+    if (fd == -1) {
+        conn_refuse(c, 502, "backend socket failed");
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->be.fd = fd;
+    ev_io_set(&c->be.rd, fd, EV_READ);
+    ev_io_set(&c->be.wr, fd, EV_WRITE);
+    if (c->state != CS_BE_CONNECT)
+        conn_set_state(c, CS_BE_CONNECT);
+    if (connect(fd, (struct sockaddr *)&ss, sl) == -1 &&
+        errno != EINPROGRESS) {
+        be_failed(c, "backend unreachable");
+        return;
+    }
+    /* Completion is reported by writability (be_connected). */
+}
+
+static void
+be_connected(struct conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+
+    if (getsockopt(c->be.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+        err = errno;
+    if (err != 0) {
+        be_failed(c, "backend unreachable");
+        return;
+    }
+    const struct backend_addr *be = c->be_addr;
+    struct upgrade_fwd f = {0};
+    upgrade_new_key(c->be_key);
+    f.backend = be;
+    f.target = c->req.target;
+    f.target_len = c->req.target_len;
+    f.client_ip = c->client_ip;
+    f.client_tls = c->cli.ssl != NULL;
+    f.add_forwarded = c->pol->forwarded_headers;
+    f.trusted_peer = 0;
+    f.key = c->be_key;
+    size_t cap = c->head_used + 1024 + strlen(be->path_prefix);
+    free(c->out);
+    c->out = malloc(cap);
+    int n = c->out ? upgrade_backend_request(c->out, cap, &c->req, &f) : -1;
+    if (n < 0) {
+        conn_refuse(c, 502, "backend request too large");
+        return;
+    }
+    c->out_len = (size_t)n;
+    c->out_off = 0;
+    conn_set_state(c, CS_BE_SEND);
+    int r = out_flush(c, &c->be);
+    if (r < 0)
+        be_failed(c, "backend write failed");
+    else if (r == 1)
+        conn_set_state(c, CS_BE_READ);
+}
+
+static void
+be_read_response(struct conn *c)
+{
+    if (c->bhead == NULL && (c->bhead = malloc(BE_HEAD_MAX)) == NULL) {
+        conn_refuse(c, 502, "out of memory");
+        return;
+    }
+    size_t last = c->bhead_len;
+    ssize_t n = side_read(&c->be, c->bhead + c->bhead_len,
+                          BE_HEAD_MAX - c->bhead_len);
+    if (n == 0)
+        return;
+    if (n < 0) {
+        conn_refuse(c, 502, "backend closed during upgrade");
+        return;
+    }
+    c->bhead_len += (size_t)n;
+
+    struct http_header h[MAX_HEADERS];
+    struct http_response resp = {.headers = h, .nheaders = MAX_HEADERS};
+    int r = http_parse_response(c->bhead, c->bhead_len, last, &resp);
+    if (r == HTTP_INCOMPLETE) {
+        if (c->bhead_len == BE_HEAD_MAX)
+            conn_refuse(c, 502, "backend response head too large");
+        return;
+    }
+    if (r < 0) {
+        conn_refuse(c, 502, "backend sent a malformed response");
+        return;
+    }
+    const char *proto = NULL, *reason = NULL;
+    size_t proto_len = 0;
+    if (resp.status != 101) {
+        /* The application's own refusal (401, 403, 404 ...) is passed on
+         * by status; its body and headers are not. */
+        int st = resp.status >= 400 && resp.status <= 499 ? resp.status : 502;
+        conn_refuse(c, st, "backend refused the upgrade");
+        return;
+    }
+    if (upgrade_check_response(&resp, c->be_key, &c->req, &proto, &proto_len,
+                               &reason) != 0) {
+        conn_refuse(c, 502, reason ? reason : "invalid 101 from backend");
+        return;
+    }
+    /* Bytes after the 101 head are the backend's first frames. */
+    size_t extra = c->bhead_len - (size_t)r;
+    if (extra > 0) {
+        c->down.b = worker_buf_get(c->w);
+        if (c->down.b == NULL || extra > BUF_SIZE) {
+            conn_refuse(c, 502, "backend sent too much early data");
+            return;
+        }
+        memcpy(c->down.b->data, c->bhead + r, extra);
+        c->down.b->last = (uint32_t)extra;
+    }
+    char buf[1024];
+    char key[UPGRADE_KEY_LEN + 1];
+    memcpy(key, c->ureq.key, UPGRADE_KEY_LEN);
+    key[UPGRADE_KEY_LEN] = '\0';
+    int m = upgrade_client_response(buf, sizeof buf, key, proto, proto_len);
+    free(c->out);
+    c->out = m > 0 ? malloc((size_t)m) : NULL;
+    if (c->out == NULL) {
+        conn_refuse(c, 502, "invalid subprotocol");
+        return;
+    }
+    memcpy(c->out, buf, (size_t)m);
+    c->out_len = (size_t)m;
+    c->out_off = 0;
+    conn_set_state(c, CS_CLI_101);
+    int w = out_flush(c, &c->cli);
+    if (w < 0) {
+        c->reason = "client gone before 101";
+        c->dead = 1;
+    } else if (w == 1) {
+        relay_start(c);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Relay                                                               */
+
+static void
+dir_init(struct conn *c, struct dir *d, struct side *src, struct side *dst,
+         int from_client, uint64_t max_payload)
+{
+    d->src = src;
+    d->dst = dst;
+    d->from_client = (uint8_t)from_client;
+    d->max_payload = max_payload;
+}
+
+static void
+conn_closing(struct conn *c)
+{
+    if (c->state == CS_CLOSING)
+        return;
+    c->closing_since = ev_now(c->w->loop);
+    conn_set_state(c, CS_CLOSING);
+}
+
+/* Put a close frame for d's destination in d's ctl slot. Toward a server
+ * (the backend) frames are masked with a fresh key (RFC 6455 §5.3). */
+static void
+dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason)
+{
+    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_len)
+        return;
+    uint8_t key[4];
+    const uint8_t *k = NULL;
+    if (!d->from_client) {
+        /* down carries frames to the client: unmasked */
+    }
+    if (d->from_client) {
+        worker_random(c->w, key, 4);
+        k = key;
+    }
+    d->ctl_len = (uint8_t)ws_build_close(d->ctl, (unsigned)code, reason, k);
+    d->ctl_off = 0;
+}
+
+/* Stop forwarding in d: what was validated still goes out, the rest of
+ * the sender's stream is parsed only to notice its close frame. */
+static void
+dir_discard(struct dir *d)
+{
+    if (d->mode == DIR_DISCARD)
+        return;
+    d->mode = DIR_DISCARD;
+    /* The forwarded stream is left inside a frame: no frame of ours can
+     * follow it, the destination's connection is cut after the flush. */
+    if (d->in_frame)
+        d->cut = 1;
+}
+
+static void
+relay_fail(struct conn *c, int cli_code, int be_code, const char *reason,
+           const char *by)
+{
+    if (c->failing)
+        return;
+    c->failing = 1;
+    if (c->close_code == 0) {
+        c->close_code = cli_code;
+        c->closed_by = by;
+        c->reason = reason;
+    }
+    log_debug("session %s: closing: %d %s", c->client_ip, cli_code, reason);
+    dir_discard(&c->up);
+    dir_discard(&c->down);
+    dir_queue_close(c, &c->down, cli_code, reason);  /* to the client */
+    dir_queue_close(c, &c->up, be_code, reason);     /* to the backend */
+    conn_closing(c);
+    dir_flush(c, &c->down);
+    dir_flush(c, &c->up);
+}
+
+/* Validate and transform new bytes [parsed, last) of d. Returns 0, or the
+ * close code the sender has earned. */
+static int
+dir_parse(struct conn *c, struct dir *d)
+{
+    struct buf *b = d->b;
+
+    while (b->parsed < b->last) {
+        uint8_t *p = b->data + b->parsed;
+        size_t avail = b->last - b->parsed;
+
+        if (!d->in_frame) {
+            struct ws_header h;
+            int n = ws_parse_header(p, avail, &h);
+            if (n == WS_INCOMPLETE)
+                return 0;
+            if (n == WS_ERROR)
+                return WS_CLOSE_PROTOCOL;
+            int code = ws_check_header(&d->msg, &h, d->from_client,
+                                       d->max_payload);
+            if (code)
+                return code;
+            if (h.opcode & 0x8) {
+                /* Control frames are handled whole (≤ 139 bytes): the
+                 * close payload must be checked before it is relayed. */
+                if (avail < (size_t)n + h.len)
+                    return 0;
+                uint8_t *pl = p + n;
+                if (h.masked)
+                    ws_mask(pl, (size_t)h.len, h.key, 0);
+                if (h.opcode == WS_OP_CLOSE) {
+                    code = ws_check_close(pl, (size_t)h.len);
+                    if (code)
+                        return code;
+                    d->src->got_close = 1;
+                    d->close_fwd = 1;
+                    if (c->close_code == 0) {
+                        c->close_code = h.len >= 2 ? (pl[0] << 8 | pl[1])
+                                                   : WS_CLOSE_NO_STATUS;
+                        c->closed_by = d->from_client ? "client" : "backend";
+                    }
+                }
+                if (h.masked) {
+                    worker_random(c->w, p + n - 4, 4);
+                    ws_mask(pl, (size_t)h.len, p + n - 4, 0);
+                }
+                b->parsed += (uint32_t)(n + h.len);
+                if (h.opcode == WS_OP_CLOSE) {
+                    /* RFC 6455 §5.5.1: nothing follows a close frame. */
+                    d->mode = DIR_DISCARD;
+                    b->last = b->parsed;
+                    conn_closing(c);
+                    return 0;
+                }
+                continue;
+            }
+            if (h.masked) {
+                memcpy(d->ckey, h.key, 4);
+                worker_random(c->w, d->okey, 4);
+                memcpy(p + n - 4, d->okey, 4);
+            }
+            d->masked = h.masked;
+            d->fin = h.fin;
+            d->remaining = h.len;
+            d->frame_off = 0;
+            d->in_frame = 1;
+            b->parsed += (uint32_t)n;
+        } else {
+            size_t take = avail < d->remaining ? avail : (size_t)d->remaining;
+            if (d->msg.opcode == WS_OP_TEXT) {
+                if (d->masked)
+                    ws_mask(p, take, d->ckey, d->frame_off);
+                d->msg.utf8 = utf8_validate(d->msg.utf8, p, take);
+                if (d->msg.utf8 == UTF8_REJECT)
+                    return WS_CLOSE_INVALID_DATA;
+                if (d->masked)
+                    ws_mask(p, take, d->okey, d->frame_off);
+            } else if (d->masked) {
+                /* Unmask and re-mask in one pass: (x^a)^b = x^(a^b). */
+                uint8_t k[4];
+                for (int i = 0; i < 4; i++)
+                    k[i] = d->ckey[i] ^ d->okey[i];
+                ws_mask(p, take, k, d->frame_off);
+            }
+            b->parsed += (uint32_t)take;
+            d->remaining -= take;
+            d->frame_off += take;
+        }
+        if (d->in_frame && d->remaining == 0) {
+            d->in_frame = 0;
+            if (d->fin) {
+                int code = ws_msg_end(&d->msg);
+                if (code)
+                    return code;
+                d->msgs++;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Discard mode: walk the sender's frames without forwarding any, to see
+ * its close frame; the bytes are dropped from the buffer. */
+static void
+dir_skip(struct conn *c, struct dir *d)
+{
+    struct buf *b = d->b;
+    uint32_t q = b->parsed;
+
+    while (q < b->last) {
+        if (d->remaining > 0) {
+            uint32_t n = b->last - q;
+            if (n > d->remaining)
+                n = (uint32_t)d->remaining;
+            q += n;
+            d->remaining -= n;
+            continue;
+        }
+        struct ws_header h;
+        int n = ws_parse_header(b->data + q, b->last - q, &h);
+        if (n == WS_INCOMPLETE)
+            break;
+        if (n == WS_ERROR) {
+            /* Garbage: nothing sensible can follow, stop listening. */
+            d->src->kill = 1;
+            q = b->last;
+            break;
+        }
+        /* RFC 6455 §5.5.1: frames after a close are ignored. */
+        if (h.opcode == WS_OP_CLOSE)
+            d->src->got_close = 1;
+        q += (uint32_t)n;
+        d->remaining = h.len;
+    }
+    d->in_frame = d->remaining > 0;
+    memmove(b->data + b->parsed, b->data + q, b->last - q);
+    b->last = b->parsed + (b->last - q);
+    (void)c;
+}
+
+/* Write what d holds for its destination. */
+static void
+dir_flush(struct conn *c, struct dir *d)
+{
+    struct side *dst = d->dst;
+    struct buf *b = d->b;
+
+    if (dst->fd == -1) {
+        if (b)
+            b->pos = b->parsed;
+        d->ctl_len = 0;
+    }
+    while (b && b->pos < b->parsed) {
+        ssize_t n = side_write(dst, b->data + b->pos, b->parsed - b->pos);
+        if (n <= 0)
+            return;
+        b->pos += (uint32_t)n;
+    }
+    if (d->close_fwd && d->mode == DIR_DISCARD) {
+        /* The relayed close frame was the last forwarded byte. */
+        d->close_fwd = 0;
+        dst->sent_close = 1;
+    }
+    if (d->cut) {
+        dst->kill = 1;
+        d->ctl_len = 0;
+    }
+    while (d->ctl_len && d->ctl_off < d->ctl_len) {
+        ssize_t n = side_write(dst, d->ctl + d->ctl_off,
+                               (size_t)(d->ctl_len - d->ctl_off));
+        if (n <= 0)
+            return;
+        d->ctl_off += (uint8_t)n;
+        if (d->ctl_off == d->ctl_len) {
+            d->ctl_len = d->ctl_off = 0;
+            dst->sent_close = 1;
+        }
+    }
+    dst->wblocked = 0;
+    if (b) {
+        if (b->parsed == b->last) {
+            d->b = NULL;
+            worker_buf_put(c->w, b);
+        } else if (b->pos > 0) {
+            /* Only an incomplete header or control frame is left. */
+            memmove(b->data, b->data + b->parsed, b->last - b->parsed);
+            b->last -= b->parsed;
+            b->pos = b->parsed = 0;
+        }
+    }
+}
+
+/* Can d take more bytes from its source right now? */
+static int
+dir_room(const struct dir *d)
+{
+    const struct buf *b = d->b;
+    return b == NULL || b->last < BUF_SIZE || b->pos == b->parsed;
+}
+
+static void
+dir_process(struct conn *c, struct dir *d)
+{
+    if (d->mode == DIR_DISCARD) {
+        dir_skip(c, d);
+        return;
+    }
+    int code = dir_parse(c, d);
+    if (code == 0)
+        return;
+    if (d->from_client)
+        relay_fail(c, code, WS_CLOSE_GOING_AWAY, "client protocol error",
+                   "wsguard");
+    else
+        relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, "backend protocol error",
+                   "wsguard");
+}
+
+/* Read from d's source while there is room, validate, forward. */
+static void
+dir_pump(struct conn *c, struct dir *d)
+{
+    struct side *src = d->src;
+
+    for (int i = 0; i < READS_PER_EVENT && src->fd != -1 && !src->eof; i++) {
+        if (d->b == NULL && (d->b = worker_buf_get(c->w)) == NULL) {
+            relay_fail(c, WS_CLOSE_INTERNAL, WS_CLOSE_INTERNAL,
+                       "out of memory", "wsguard");
+            return;
+        }
+        struct buf *b = d->b;
+        if (b->last == BUF_SIZE) {
+            if (b->pos != b->parsed)
+                break;          /* full: wait for the destination */
+            memmove(b->data, b->data + b->parsed, b->last - b->parsed);
+            b->last -= b->parsed;
+            b->pos = b->parsed = 0;
+        }
+        size_t room = BUF_SIZE - b->last;
+        ssize_t n = side_read(src, b->data + b->last, room);
+        if (n <= 0) {
+            if (b->last == 0) {
+                d->b = NULL;
+                worker_buf_put(c->w, b);
+            }
+            break;
+        }
+        b->last += (uint32_t)n;
+        if (d->mode == DIR_RELAY)
+            d->bytes += (uint64_t)n;
+        c->last_activity = ev_now(c->w->loop);
+        dir_process(c, d);
+        dir_flush(c, d);
+        if (src->ssl == NULL && (size_t)n < room)
+            break;              /* the socket is drained */
+    }
+}
+
+static void
+relay_start(struct conn *c)
+{
+    const struct policy *p = c->pol;
+
+    free(c->out);
+    c->out = NULL;
+    free(c->bhead);
+    c->bhead = NULL;
+    c->relayed = 1;
+    c->last_activity = ev_now(c->w->loop);
+    atomic_fetch_add(&c->w->st.sessions, 1);
+    dir_init(c, &c->up, &c->cli, &c->be, 1, p->max_payload);
+    dir_init(c, &c->down, &c->be, &c->cli, 0, p->max_payload_backend);
+    conn_set_state(c, CS_RELAY);
+    if (c->down.b) {
+        dir_process(c, &c->down);
+        dir_flush(c, &c->down);
+    }
+    /* The client may have sent frames right behind its request. */
+    size_t extra = c->head_len - c->head_used;
+    if (extra > 0) {
+        if (extra > BUF_SIZE || (c->up.b = worker_buf_get(c->w)) == NULL) {
+            relay_fail(c, WS_CLOSE_PROTOCOL, WS_CLOSE_GOING_AWAY,
+                       "too much data before the upgrade", "wsguard");
+        } else {
+            memcpy(c->up.b->data, c->head + c->head_used, extra);
+            c->up.b->last = (uint32_t)extra;
+            c->up.bytes += extra;
+            dir_process(c, &c->up);
+            dir_flush(c, &c->up);
+        }
+    }
+    free(c->head);
+    c->head = NULL;
+}
+
+/* After every event: close sides that are finished, tell the other side
+ * when one vanished, free the connection when both are closed. */
+static void
+relay_settle(struct conn *c)
+{
+    struct side *sides[2] = {&c->cli, &c->be};
+
+    for (int i = 0; i < 2; i++) {
+        struct side *s = sides[i];
+        struct dir *out = s == &c->cli ? &c->down : &c->up;
+        if (s->fd == -1)
+            continue;
+        int pending = (out->b && out->b->pos < out->b->parsed) ||
+                      out->ctl_len;
+        int done = s->eof || (s->kill && !pending) ||
+                   (s->sent_close && s->got_close);
+        if (!done)
+            continue;
+        int abnormal = !(s->sent_close && s->got_close);
+        side_close(c, s);
+        if (!abnormal)
+            continue;
+        /* It vanished without the close handshake: the other side is
+         * told with a close frame of its own. */
+        if (s == &c->be) {
+            if (c->close_code == 0) {
+                c->close_code = WS_CLOSE_BAD_GATEWAY;
+                c->closed_by = "backend";
+                c->reason = "backend connection lost";
+            }
+            int code = c->cli.got_close ? WS_CLOSE_NORMAL
+                                        : WS_CLOSE_BAD_GATEWAY;
+            dir_discard(&c->up);
+            dir_queue_close(c, &c->down, code, "backend connection lost");
+            dir_flush(c, &c->down);
+        } else {
+            if (c->close_code == 0) {
+                c->close_code = 1006;
+                c->closed_by = "client";
+                c->reason = "client connection lost";
+            }
+            dir_discard(&c->down);
+            dir_queue_close(c, &c->up, WS_CLOSE_GOING_AWAY,
+                            "client connection lost");
+            dir_flush(c, &c->up);
+        }
+        conn_closing(c);
+        i = -1;                 /* re-check both sides */
+    }
+    if (c->cli.fd == -1 && c->be.fd == -1)
+        c->dead = 1;
+}
+
+static void
+relay_io(struct conn *c, struct side *s, int revents)
+{
+    struct dir *in = s == &c->cli ? &c->up : &c->down;
+    struct dir *out = s == &c->cli ? &c->down : &c->up;
+
+    if ((revents & EV_WRITE) || ((revents & EV_READ) && s->wr_wants_rd))
+        dir_flush(c, out);
+    if ((revents & EV_READ) || ((revents & EV_WRITE) && s->rd_wants_wr)) {
+        dir_pump(c, in);
+        /* A full buffer may have been waiting for this side's reads. */
+    }
+    /* Writing to the other side may have made room for this one. */
+}
+
+/* ------------------------------------------------------------------ */
+/* Watchers                                                            */
+
+static void
+side_watch(struct conn *c, struct side *s, int rd, int wr)
+{
+    struct ev_loop *loop = c->w->loop;
+    if (s->fd == -1)
+        return;
+    int was_rd = ev_is_active(&s->rd);
+    io_set(loop, &s->rd, rd);
+    io_set(loop, &s->wr, wr);
+    /* OpenSSL may hold decrypted bytes the socket will never announce. */
+    if (rd && !was_rd && s->ssl && SSL_pending(s->ssl) > 0)
+        ev_feed_event(loop, &s->rd, EV_READ);
+}
+
+static void
+conn_watch(struct conn *c)
+{
+    switch (c->state) {
+    case CS_TLS_HANDSHAKE:
+        side_watch(c, &c->cli, !c->cli.hs_want_wr, c->cli.hs_want_wr);
+        break;
+    case CS_REQ_READ:
+        side_watch(c, &c->cli, 1, c->cli.rd_wants_wr);
+        break;
+    case CS_BE_CONNECT:
+        side_watch(c, &c->cli, 0, 0);
+        side_watch(c, &c->be, 0, 1);
+        break;
+    case CS_BE_SEND:
+        side_watch(c, &c->be, 0, 1);
+        break;
+    case CS_BE_READ:
+        side_watch(c, &c->be, 1, 0);
+        break;
+    case CS_CLI_101:
+        side_watch(c, &c->be, 0, 0);
+        side_watch(c, &c->cli, c->cli.wr_wants_rd, 1);
+        break;
+    case CS_REFUSING:
+        side_watch(c, &c->be, 0, 0);
+        if (c->lingering)
+            side_watch(c, &c->cli, 1, c->cli.rd_wants_wr);
+        else
+            side_watch(c, &c->cli, c->cli.wr_wants_rd, 1);
+        break;
+    case CS_RELAY:
+    case CS_CLOSING: {
+        struct side *sides[2] = {&c->cli, &c->be};
+        for (int i = 0; i < 2; i++) {
+            struct side *s = sides[i];
+            struct dir *in = s == &c->cli ? &c->up : &c->down;
+            struct dir *out = s == &c->cli ? &c->down : &c->up;
+            int pending = (out->b && out->b->pos < out->b->parsed) ||
+                          out->ctl_len;
+            int rd = (dir_room(in) && !s->eof) || s->wr_wants_rd;
+            int wr = (pending && s->wblocked) || s->rd_wants_wr;
+            side_watch(c, s, rd, wr);
+        }
+        break;
+    }
+    }
+}
+
+static void
+conn_settle(struct conn *c)
+{
+    if (!c->dead && (c->state == CS_RELAY || c->state == CS_CLOSING))
+        relay_settle(c);
+    if (c->dead) {
+        conn_free(c);
+        return;
+    }
+    conn_watch(c);
+}
+
+static void
+conn_io(struct conn *c, struct side *s, int revents)
+{
+    switch (c->state) {
+    case CS_TLS_HANDSHAKE:
+        conn_tls_handshake(c);
+        break;
+    case CS_REQ_READ:
+        conn_req_read(c);
+        break;
+    case CS_BE_CONNECT:
+        be_connected(c);
+        break;
+    case CS_BE_SEND: {
+        int r = out_flush(c, &c->be);
+        if (r < 0)
+            be_failed(c, "backend write failed");
+        else if (r == 1)
+            conn_set_state(c, CS_BE_READ);
+        break;
+    }
+    case CS_BE_READ:
+        be_read_response(c);
+        break;
+    case CS_CLI_101: {
+        int r = out_flush(c, &c->cli);
+        if (r < 0) {
+            c->reason = "client gone before 101";
+            c->dead = 1;
+        } else if (r == 1) {
+            relay_start(c);
+        }
+        break;
+    }
+    case CS_REFUSING:
+        conn_refusing_io(c);
+        break;
+    case CS_RELAY:
+    case CS_CLOSING:
+        relay_io(c, s, revents);
+        break;
+    }
+}
+
+static void
+cli_rd_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, cli.rd));
+    conn_io(c, &c->cli, EV_READ);
+    conn_settle(c);
+}
+
+static void
+cli_wr_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, cli.wr));
+    conn_io(c, &c->cli, EV_WRITE);
+    conn_settle(c);
+}
+
+static void
+be_rd_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, be.rd));
+    conn_io(c, &c->be, EV_READ);
+    conn_settle(c);
+}
+
+static void
+be_wr_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, be.wr));
+    conn_io(c, &c->be, EV_WRITE);
+    conn_settle(c);
+}
+
+static void
+timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
+    conn_timeout(c);
+    conn_settle(c);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void
+addr_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
+                  (socklen_t)cap);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], out,
+                      (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, out, (socklen_t)cap);
+    }
+}
+
+void
+conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
+            socklen_t salen)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->rt = runtime_ref(w->rt);
+    c->started = c->last_activity = ev_now(w->loop);
+    c->cli.fd = fd;
+    c->be.fd = -1;
+    addr_text(sa, c->client_ip, sizeof c->client_ip);
+    (void)salen;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ev_io_init(&c->cli.rd, cli_rd_cb, fd, EV_READ);
+    ev_io_init(&c->cli.wr, cli_wr_cb, fd, EV_WRITE);
+    ev_io_init(&c->be.rd, be_rd_cb, -1, EV_READ);
+    ev_io_init(&c->be.wr, be_wr_cb, -1, EV_WRITE);
+    ev_init(&c->timer, timer_cb);
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    atomic_fetch_add(&worker_total_conns, 1);
+    atomic_fetch_add(&w->st.accepted, 1);
+    atomic_fetch_add(&w->st.active, 1);
+
+    if (c->rt->tls != NULL) {
+        c->cli.ssl = SSL_new(c->rt->tls);
+        if (c->cli.ssl == NULL || SSL_set_fd(c->cli.ssl, fd) != 1) {
+            c->reason = "out of memory";
+            conn_free(c);
+            return;
+        }
+        SSL_set_accept_state(c->cli.ssl);
+        c->state = CS_TLS_HANDSHAKE;
+        conn_set_state(c, CS_TLS_HANDSHAKE);
+    } else {
+        c->state = CS_REQ_READ;
+        conn_set_state(c, CS_REQ_READ);
+    }
+    conn_watch(c);
+}
+
+void
+conn_drain_all(struct worker *w)
+{
+    struct conn *c = w->conns;
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (c->state == CS_RELAY) {
+            relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
+                       "draining", "wsguard");
+            conn_settle(c);
+        }
+        c = next;
+    }
+}

@@ -1,0 +1,232 @@
+/*
+ * main.c - command line, start-up order and signals.
+ *
+ * config -> log -> runtime (TLS context, backend addresses) -> listening
+ * sockets -> workers -> the main thread waits for signals:
+ *   SIGTERM/SIGINT  drain (stop accepting, let sessions finish for
+ *                   drain_timeout, close the rest with 1001) and exit 0;
+ *   SIGHUP          reload: a new snapshot for new connections, live ones
+ *                   keep theirs; a bad configuration is logged and the
+ *                   old one stays.
+ */
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#define WSGUARD_VERSION "0.1.0"
+#define DEFAULT_CONFIG "/etc/wsguard/wsguard.ini"
+
+extern char **environ;
+
+static struct worker *workers;
+static unsigned nworkers;
+static const char *config_path = DEFAULT_CONFIG;
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "usage: wsguard [-c FILE] [-t] [-V] [-h]\n"
+            "  -c FILE  configuration file (default " DEFAULT_CONFIG ")\n"
+            "  -t       check the configuration and exit\n"
+            "  -V       print the version and exit\n"
+            "  -h       this help\n"
+            "Environment: WSGUARD_<SECTION>_<KEY>=value overrides a key.\n");
+}
+
+static void
+print_err(const char *msg, void *ctx)
+{
+    int *count = ctx;
+    if (count)
+        (*count)++;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static void
+log_err_cb(const char *msg, void *ctx)
+{
+    int *count = ctx;
+    if (count)
+        (*count)++;
+    log_error("%s", msg);
+}
+
+static void
+warn_cb(const char *msg, void *ctx)
+{
+    log_warn("%s", msg);
+}
+
+/* Every unsafe or unusual setting is said out loud at start-up. */
+static void
+warn_unsafe(const struct config *cfg)
+{
+    if (!cfg->tls_enabled)
+        log_warn("[tls] enabled = no: serving plain ws:// (only safe "
+                 "behind another TLS terminator)");
+    if (cfg->global.max_payload == 0)
+        log_warn("[limits] max_payload = 0: client messages are unlimited");
+    if (cfg->handshake_timeout_ms == 0)
+        log_warn("[server] handshake_timeout = 0: slow clients can hold "
+                 "connections forever");
+    if (cfg->idle_timeout_ms == 0)
+        log_warn("[server] idle_timeout = 0: idle sessions are never "
+                 "closed");
+}
+
+static void
+on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    if (w->signum == SIGHUP) {
+        int errors = 0;
+        struct config *cfg = config_load(config_path, environ, log_err_cb,
+                                         &errors);
+        if (cfg == NULL) {
+            log_error("reload failed (%d errors): keeping the running "
+                      "configuration", errors);
+            return;
+        }
+        char err[512];
+        struct config *keep = config_ref(cfg);
+        struct runtime *rt = runtime_new(cfg, err, sizeof err);
+        if (rt == NULL) {
+            log_error("reload failed: %s: keeping the running "
+                      "configuration", err);
+            config_unref(keep);
+            return;
+        }
+        if (keep->nlisten != workers[0].nlfds ||
+            keep->workers != nworkers)
+            log_warn("reload: [server] listen and workers changes need a "
+                     "restart");
+        if (log_setup(keep->log_level, keep->log_json, keep->access_log))
+            log_error("reload: cannot open access log %s", keep->access_log);
+        config_unsupported(keep, warn_cb, NULL);
+        warn_unsafe(keep);
+        for (unsigned i = 0; i < nworkers; i++)
+            worker_set_runtime(&workers[i], rt);
+        runtime_unref(rt);
+        config_unref(keep);
+        log_info("configuration reloaded");
+        return;
+    }
+    log_info("signal %d: draining", w->signum);
+    for (unsigned i = 0; i < nworkers; i++)
+        worker_drain(&workers[i]);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+int
+main(int argc, char **argv)
+{
+    int check = 0, opt;
+
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            check = 1;
+            break;
+        case 'V':
+            printf("wsguard " WSGUARD_VERSION "\n");
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    int errors = 0;
+    struct config *cfg = config_load(config_path, environ, print_err,
+                                     &errors);
+    if (cfg == NULL) {
+        fprintf(stderr, "%s: %d error%s\n", config_path, errors,
+                errors == 1 ? "" : "s");
+        return 1;
+    }
+    if (log_setup(cfg->log_level, cfg->log_json, cfg->access_log) != 0) {
+        fprintf(stderr, "cannot open access log %s\n", cfg->access_log);
+        config_unref(cfg);
+        return 1;
+    }
+    struct config *keep = config_ref(cfg);
+    char err[512];
+    struct runtime *rt = runtime_new(cfg, err, sizeof err);
+    if (rt == NULL) {
+        fprintf(stderr, "%s: %s\n", config_path, err);
+        config_unref(keep);
+        return 1;
+    }
+    if (check) {
+        int n = config_unsupported(keep, print_err, NULL);
+        printf("%s: configuration OK%s\n", config_path,
+               n ? " (with keys not supported yet, see above)" : "");
+        runtime_unref(rt);
+        config_unref(keep);
+        return 0;
+    }
+    config_unsupported(keep, warn_cb, NULL);
+    warn_unsafe(keep);
+
+    nworkers = keep->workers ? keep->workers : 1;
+    workers = calloc(nworkers, sizeof *workers);
+    if (workers == NULL ||
+        workers_listen(workers, nworkers, keep, err, sizeof err) != 0) {
+        log_error("%s", workers ? err : "out of memory");
+        return 1;
+    }
+
+    /* Workers must not take the signals; the main loop handles them. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    for (unsigned i = 0; i < nworkers; i++) {
+        workers[i].id = i;
+        if (worker_start(&workers[i], rt) != 0) {
+            log_error("cannot start worker %u", i);
+            return 1;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    runtime_unref(rt);
+    log_info("wsguard " WSGUARD_VERSION " started: %u worker%s", nworkers,
+             nworkers == 1 ? "" : "s");
+
+    struct ev_loop *loop = ev_default_loop(0);
+    ev_signal sig_term, sig_int, sig_hup;
+    ev_signal_init(&sig_term, on_signal, SIGTERM);
+    ev_signal_init(&sig_int, on_signal, SIGINT);
+    ev_signal_init(&sig_hup, on_signal, SIGHUP);
+    ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_int);
+    ev_signal_start(loop, &sig_hup);
+    ev_run(loop, 0);
+
+    for (unsigned i = 0; i < nworkers; i++)
+        worker_join(&workers[i]);
+    free(workers);
+    config_unref(keep);
+    log_info("stopped");
+    return 0;
+}
