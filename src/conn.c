@@ -1148,8 +1148,13 @@ dir_process(struct conn *c, struct dir *d)
     int code = dir_parse(c, d);
     if (code == 0)
         return;
+    /* The backend is told the same code as the client, so the
+     * application sees why the session ended (the reason text says whose
+     * fault it was). */
     if (d->from_client)
-        relay_fail(c, code, WS_CLOSE_GOING_AWAY, "client protocol error",
+        relay_fail(c, code, code, code == WS_CLOSE_TOO_BIG
+                                      ? "client message too big"
+                                      : "client protocol error",
                    "wsguard");
     else
         relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, "backend protocol error",
