@@ -1451,7 +1451,8 @@ collect_unsupported(struct loader *l)
             add_unsupported(l, r->where[i].first_line, where, what);
         }
     }
-    qsort(l->unsup, l->nunsup, sizeof *l->unsup, unsup_cmp);
+    if (l->nunsup > 1)
+        qsort(l->unsup, l->nunsup, sizeof *l->unsup, unsup_cmp);
     cp->unsupported = calloc(l->nunsup ? l->nunsup : 1,
                              sizeof *cp->unsupported);
     for (size_t i = 0; i < l->nunsup; i++) {
