@@ -1215,6 +1215,23 @@ parse_file(struct loader *l)
 
 /* ---- environment ---- */
 
+/* Does var start with WSGUARD_<SECTION>_ for a known section? */
+static bool
+env_known_section(const char *var)
+{
+    char prefix[64];
+
+    for (size_t i = 0; i < CONFIG_NSECTIONS; i++) {
+        size_t n = (size_t)snprintf(prefix, sizeof prefix, "WSGUARD_%s_",
+                                    config_sections[i].name);
+        for (size_t k = 0; k < n; k++)
+            prefix[k] = (char)toupper((unsigned char)prefix[k]);
+        if (strncmp(var, prefix, n) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void
 apply_env(struct loader *l, char *const *envp)
 {
@@ -1236,7 +1253,12 @@ apply_env(struct loader *l, char *const *envp)
         }
         snprintf(where, sizeof where, "env %s", var);
         if (i == CONFIG_NOPTIONS) {
-            report(l, where, "unknown variable (no such [section] key)");
+            /* A misspelt key of a known section is an error, as in the
+             * file; other WSGUARD_* names (WSGUARD_BIN, WSGUARD_CONF of
+             * the scripts) are not configuration and are left alone. */
+            if (env_known_section(var))
+                report(l, where, "unknown variable (no such [section] "
+                       "key)");
             continue;
         }
 

@@ -531,11 +531,16 @@ test_env(void **state)
         "WSGUARD_TLS_ENABLED=no",
         "WSGUARD_SERVER_MAX_CONECTIONS=1",
         "WSGUARD_SERVER_IDLE_TIMEOUT=forever",
-        "WSGUARD_=x",
+        "WSGUARD_=x",                   /* not a section: ignored */
+        "WSGUARD_BIN=build/wsguard",    /* the scripts' own: ignored */
+        "WSGUARD_BAKEND_URL=ws://x",    /* ignored too (no section) */
+        "WSGUARD_LOG_LEVEL_X=1",
         NULL,
     };
     load_bad("", bad, &m);
     assert_int_equal(m.n, 3);
+    assert_msg(&m, "env WSGUARD_LOG_LEVEL_X: unknown variable (no such "
+               "[section] key)");
     assert_msg(&m, "env WSGUARD_SERVER_MAX_CONECTIONS: unknown variable "
                "(no such [section] key)");
     assert_msg(&m, "env WSGUARD_SERVER_IDLE_TIMEOUT: [server] "
@@ -646,6 +651,17 @@ test_routes(void **state)
     c = load_ok("[route /x]\n", NULL);
     assert_null(config_route(c, "/y", 2, &name));
     assert_non_null(config_route(c, "/x", 2, &name));
+    config_unref(c);
+
+    /* inih truncates section names to 49 characters; we do not. */
+    char text[256], prefix[128];
+    memset(prefix, 'a', 100);
+    prefix[0] = '/';
+    prefix[100] = '\0';
+    snprintf(text, sizeof text, "[route %s]\nmax_payload = 1\n", prefix);
+    c = load_ok(text, NULL);
+    assert_string_equal(c->routes[0].prefix, prefix);
+    assert_int_equal(c->routes[0].p.max_payload, 1);
     config_unref(c);
 
     c = load_ok("", NULL);
