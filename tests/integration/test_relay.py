@@ -1,0 +1,222 @@
+"""Relaying: messages of every size and kind reach the backend and come
+back byte-exact, through real TLS, with the headers the contract promises."""
+
+import asyncio
+import hashlib
+import os
+import random
+
+import pytest
+import websockets
+
+from helpers import connect, run
+
+MiB = 1 << 20
+SIZES = [0, 1, 125, 126, 65535, 65536, MiB, 16 * MiB]
+
+
+def text_of_bytes(n, rng):
+    """A str whose UTF-8 encoding is exactly n bytes, with multi-byte chars."""
+    head = ""
+    while n - len(head.encode()) >= 4 and len(head) < 64:
+        head += rng.choice(["\u00e9", "\u20ac", "\U0001F600", "a"])
+    rest = n - len(head.encode())
+    s = head + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 ")
+                       for _ in range(min(rest, 4096)))
+    if rest > 4096:
+        block = s[-4096:]
+        s += block * ((rest - 4096) // 4096) + block[: (rest - 4096) % 4096]
+    assert len(s.encode()) == n
+    return s
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+@pytest.mark.parametrize("size", SIZES)
+def test_echo_sizes(backend, wsguard_factory, kind, size):
+    wsg = wsguard_factory(backend.url, LIMITS_MAX_PAYLOAD="32m")
+    rng = random.Random(size)
+    msg = text_of_bytes(size, rng) if kind == "text" else os.urandom(size)
+
+    async def go():
+        async with connect(wsg) as ws:
+            await ws.send(msg)
+            echo = await asyncio.wait_for(ws.recv(), 30)
+            assert type(echo) is type(msg)
+            assert len(echo) == len(msg)
+            assert echo == msg
+    run(go(), 60)
+    data = msg.encode() if kind == "text" else msg
+    rec = backend.wait_record(lambda r: r["event"] == "message")
+    assert rec["type"] == kind
+    assert rec["len"] == size
+    assert rec["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_fragmented_message(backend, wsguard, kind):
+    if kind == "text":
+        # a multi-byte character split across fragments is still one valid message
+        parts = ["Hello, ", "fragmented ", "w\u00f6rld \u20ac", "!" * 1000]
+        whole = "".join(parts)
+    else:
+        parts = [os.urandom(n) for n in (1, 125, 126, 70000, 0, 5)]
+        whole = b"".join(parts)
+
+    async def go():
+        async with connect(wsguard) as ws:
+            await ws.send(parts)                     # one message, 4-6 frames
+            echo = await asyncio.wait_for(ws.recv(), 10)
+            assert echo == whole
+            await ws.send(whole)                     # and a plain one after it
+            assert await asyncio.wait_for(ws.recv(), 10) == whole
+    run(go(), 30)
+    msgs = backend.messages()
+    assert [m["len"] for m in msgs] == [len(whole.encode() if kind == "text" else whole)] * 2
+
+
+def test_ping_interleaved_with_fragments(backend, wsguard):
+    async def go():
+        async with connect(wsguard) as ws:
+            pongs = []
+
+            async def fragments():
+                yield b"first-"
+                waiter = await ws.ping(b"mid-message")
+                # the pong must come back while the message is still open
+                await asyncio.wait_for(waiter, 5)
+                pongs.append(True)
+                yield b"second-"
+                yield b"third"
+
+            await asyncio.wait_for(ws.send(fragments()), 10)
+            assert pongs == [True]
+            assert await asyncio.wait_for(ws.recv(), 10) == b"first-second-third"
+            # and a ping outside a message
+            await asyncio.wait_for(await ws.ping(b"after"), 5)
+    run(go(), 30)
+    assert [m["len"] for m in backend.messages()] == [len(b"first-second-third")]
+
+
+def test_subprotocol_selected_by_backend(backend_factory, wsguard_factory):
+    b = backend_factory("--subprotocols", "chat")
+    wsg = wsguard_factory(b.url)
+
+    async def go():
+        async with connect(wsg, subprotocols=["x", "chat"]) as ws:
+            assert ws.subprotocol == "chat"
+            assert ws.response_headers.get("Sec-WebSocket-Protocol") == "chat"
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), 5) == "hi"
+        async with connect(wsg) as ws:
+            assert ws.subprotocol is None
+            assert "Sec-WebSocket-Protocol" not in ws.response_headers
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), 5) == "hi"
+    run(go(), 30)
+    opens = b.opens()
+    assert len(opens) == 2
+    offered = [p.strip() for p in opens[0]["headers"]["Sec-WebSocket-Protocol"].split(",")]
+    assert offered == ["x", "chat"]
+    assert opens[0]["subprotocol"] == "chat"
+    assert "Sec-WebSocket-Protocol" not in opens[1]["headers"]
+    assert opens[1]["subprotocol"] is None
+
+
+def test_subprotocol_none_acceptable(backend_factory, wsguard_factory):
+    """The backend speaks none of what the client offers: no subprotocol."""
+    b = backend_factory("--subprotocols", "chat")
+    wsg = wsguard_factory(b.url)
+
+    async def go():
+        async with connect(wsg, subprotocols=["x", "y"]) as ws:
+            assert ws.subprotocol is None
+    # websockets' client accepts an answer without a subprotocol
+    run(go(), 30)
+    assert b.opens()[0]["subprotocol"] is None
+
+
+def test_many_concurrent_clients(backend, wsguard_factory):
+    clients, per_client, max_len = 200, 20, 64 * 1024
+    wsg = wsguard_factory(backend.url, LIMITS_MAX_PAYLOAD="1m")
+    prng = random.Random(7)
+    # random text to cut messages from: ASCII and 2- and 3-byte characters
+    pool = "".join(chr(prng.choice((prng.randint(0x20, 0x7e), prng.randint(0xa0, 0x7ff),
+                                    prng.randint(0x800, 0xd7ff))))
+                   for _ in range(max_len))
+
+    async def client(i):
+        rng = random.Random(1000 + i)
+        msgs = []
+        for _ in range(per_client):
+            n = rng.randint(0, max_len)
+            if rng.random() < 0.5:
+                msgs.append(rng.randbytes(n))
+            else:
+                start = rng.randint(0, max_len - n // 3)
+                msgs.append(pool[start:start + n // 3])
+        async with connect(wsg, open_timeout=30) as ws:
+            async def sender():
+                for m in msgs:
+                    await ws.send(m)
+
+            send_task = asyncio.create_task(sender())
+            for k, m in enumerate(msgs):
+                echo = await asyncio.wait_for(ws.recv(), 60)
+                assert type(echo) is type(m), "client %d msg %d: type" % (i, k)
+                assert echo == m, "client %d msg %d: %d bytes corrupted/reordered" % (
+                    i, k, len(m))
+            await send_task
+        return len(msgs)
+
+    async def go():
+        results = await asyncio.gather(*(client(i) for i in range(clients)))
+        assert sum(results) == clients * per_client
+    run(go(), 240)
+    assert len(backend.opens()) == clients
+    assert len(backend.messages()) == clients * per_client
+
+
+def test_forwarded_headers(backend, wsguard):
+    path = "/chat/room?x=1&y=two%20words"
+    sent = {"Origin": "https://app.example.com",
+            "Cookie": "session=abc123; theme=dark",
+            "X-Forwarded-For": "6.6.6.6"}
+
+    async def go():
+        async with connect(wsguard, path, extra_headers=sent) as ws:
+            client_key = ws.request_headers["Sec-WebSocket-Key"]
+            client_host = ws.request_headers["Host"]
+            await ws.send("x")
+            assert await asyncio.wait_for(ws.recv(), 5) == "x"
+            return client_key, client_host
+    client_key, client_host = run(go(), 30)
+    opens = backend.opens()
+    assert len(opens) == 1
+    o = opens[0]
+    h = o["headers"]
+    assert o["path"] == path
+    assert h["Host"] == client_host
+    assert h["Origin"] == sent["Origin"]
+    assert h["Cookie"] == sent["Cookie"]
+    # a client's own X-Forwarded-For is not believed (no trusted proxies)
+    assert h["X-Forwarded-For"] == "127.0.0.1"
+    assert h["X-Forwarded-Proto"] == "https"
+    assert "Sec-WebSocket-Extensions" not in h
+    assert h["Sec-WebSocket-Key"] and h["Sec-WebSocket-Key"] != client_key
+    assert h["Sec-WebSocket-Version"] == "13"
+
+
+def test_compression_offer_is_declined(backend, wsguard):
+    async def go():
+        async with connect(wsguard, compression="deflate") as ws:
+            assert "permessage-deflate" in ws.request_headers.get(
+                "Sec-WebSocket-Extensions", "")
+            assert ws.extensions == []
+            assert "Sec-WebSocket-Extensions" not in ws.response_headers
+            msg = "compressible " * 1000
+            await ws.send(msg)
+            assert await asyncio.wait_for(ws.recv(), 5) == msg
+    run(go(), 30)
+    o = backend.opens()[0]
+    assert "Sec-WebSocket-Extensions" not in o["headers"]
+    assert backend.messages()[0]["len"] == len("compressible " * 1000)
