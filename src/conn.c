@@ -85,6 +85,7 @@ struct side {
     unsigned got_close : 1;     /* it sent us a close frame */
     unsigned kill : 1;          /* close it as soon as output is flushed */
     unsigned hs_want_wr : 1;    /* TLS handshake waits for writability */
+    unsigned lingering : 1;     /* our end is shut, reading until EOF */
 };
 
 enum dir_mode {
@@ -300,7 +301,7 @@ side_close(struct conn *c, struct side *s)
     if (s->ssl != NULL) {
         /* Best effort close_notify; the socket is non-blocking and we do
          * not wait for the peer's. */
-        if (!s->eof && SSL_is_init_finished(s->ssl))
+        if (!s->eof && !s->lingering && SSL_is_init_finished(s->ssl))
             SSL_shutdown(s->ssl);
         ERR_clear_error();
     }
@@ -1148,6 +1149,10 @@ dir_process(struct conn *c, struct dir *d)
     int code = dir_parse(c, d);
     if (code == 0)
         return;
+    /* A peer that broke the protocol is not waited for: it may be inside
+     * a frame it will never finish, or its broken frame was its close.
+     * Once our close frame is written, its connection is shut. */
+    d->src->got_close = 1;
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
@@ -1238,6 +1243,22 @@ relay_start(struct conn *c)
     c->head = NULL;
 }
 
+/* The close handshake with s is complete: send our end of the stream
+ * (TLS close_notify, TCP FIN) and keep reading until the peer closes too,
+ * bounded by close_timeout. Closing at once with unread input would make
+ * the kernel answer the peer's late frames with a reset. */
+static void
+side_linger(struct conn *c, struct side *s)
+{
+    s->lingering = 1;
+    if (s->ssl) {
+        SSL_shutdown(s->ssl);
+        ERR_clear_error();
+    }
+    shutdown(s->fd, SHUT_WR);
+    ev_io_stop(c->w->loop, &s->wr);
+}
+
 /* After every event: close sides that are finished, tell the other side
  * when one vanished, free the connection when both are closed. */
 static void
@@ -1252,8 +1273,12 @@ relay_settle(struct conn *c)
             continue;
         int pending = (out->b && out->b->pos < out->b->parsed) ||
                       out->ctl_len;
-        int done = s->eof || (s->kill && !pending) ||
-                   (s->sent_close && s->got_close);
+        if (s->sent_close && s->got_close && !s->lingering && !s->eof &&
+            !s->kill) {
+            side_linger(c, s);
+            continue;
+        }
+        int done = s->eof || (s->kill && !pending);
         if (!done)
             continue;
         int abnormal = !(s->sent_close && s->got_close);

@@ -84,6 +84,9 @@ line_str(struct line *l, const char *s)
     line_put(l, s, strlen(s));
 }
 
+static void line_fmt(struct line *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 static void
 line_fmt(struct line *l, const char *fmt, ...)
 {
