@@ -260,7 +260,7 @@ RSV_CASES = [(OP_TEXT, b"Hello, world!"), (OP_BINARY, bytes(range(16))),
              (OP_PING, b"ping"), (OP_PONG, b"pong"), (OP_CLOSE, struct.pack("!H", 1000))]
 
 
-@pytest.mark.parametrize("rsv", [4, 2, 1, 7], ids=["rsv1", "rsv2", "rsv3", "rsv123"])
+@pytest.mark.parametrize("rsv", range(1, 8), ids=lambda r: "rsv%d" % r)
 @pytest.mark.parametrize("opcode,payload", RSV_CASES,
                          ids=["text", "binary", "ping", "pong", "close"])
 def test_3_rsv_fails(env, ws, opcode, payload, rsv):
@@ -277,13 +277,19 @@ def test_3_rsv_after_valid_echo(env, ws, rsv):
     assert_failed(env, ws, PROTOCOL, backend_messages=[("text", 13)])
 
 
-def test_3_rsv_in_one_write_with_valid(env, ws):
-    # valid text, RSV frame and ping in one write (Autobahn 3.3): the
+@pytest.mark.parametrize("chunk", [None, 1], ids=["one-write", "chunks_of_1"])
+def test_3_rsv_in_one_write_with_valid(env, ws, chunk):
+    # valid text, RSV frame and ping back to back (Autobahn 3.3 / 3.4): the
     # connection fails with 1002, no pong; the first echo may or may not
-    # make it (a proxy cannot wait for it) but nothing else may come
-    ws.send_raw(rawws.build_frame(OP_TEXT, b"Hello, world!")
-                + rawws.build_frame(OP_TEXT, b"Hello, world!!", rsv=2)
-                + rawws.build_frame(OP_PING, b"not answered"))
+    # make it (Autobahn: NON-STRICT; a proxy cannot wait for the backend's
+    # echo) but nothing else may come
+    raw = (rawws.build_frame(OP_TEXT, b"Hello, world!")
+           + rawws.build_frame(OP_TEXT, b"Hello, world!!", rsv=2)
+           + rawws.build_frame(OP_PING, b"not answered"))
+    if chunk:
+        ws.send_chunked(raw, chunk)
+    else:
+        ws.send_raw(raw)
     res = ws.expect_close(CLOSE_T)
     assert res.code == PROTOCOL
     assert res.tcp_closed
@@ -469,6 +475,10 @@ VALID_UTF8 = {
     "U+D7FF": "\ud7ff".encode(),
     "U+E000": "\ue000".encode(),
     "U+FFFD": "\ufffd".encode(),
+    "U+FFFE-nonchar": "\ufffe".encode(),
+    "U+FDD0-nonchar": "\ufdd0".encode(),
+    "U+1FFFF-nonchar": "\U0001ffff".encode(),
+    "U+10FFFE-nonchar": "\U0010fffe".encode(),
     "U+FFFF": "\uffff".encode(),
     "U+10000": "\U00010000".encode(),
     "U+10FFFF": "\U0010ffff".encode(),
@@ -499,7 +509,31 @@ INVALID_UTF8 = {
     "truncated-2": b"hello \xce",
     "truncated-3": b"hello \xe0\xa0",
     "truncated-4": b"hello \xf0\x90\x80",
+    "F7BFBFBF-U+1FFFFF": b"\xf7\xbf\xbf\xbf",
+    "FBBFBFBFBF": b"\xfb\xbf\xbf\xbf\xbf",
+    "FDBFBFBFBFBF": b"\xfd\xbf\xbf\xbf\xbf\xbf",
+    "lonely-starts-C0-DF": bytes(x for c in range(0xC0, 0xE0) for x in (c, 0x20)),
+    "lonely-starts-E0-EF": bytes(x for c in range(0xE0, 0xF0) for x in (c, 0x20)),
+    "lonely-starts-F0-F7": bytes(x for c in range(0xF0, 0xF8) for x in (c, 0x20)),
+    "all-continuations": bytes(range(0x80, 0xC0)),
+    "last-byte-missing-concat": b"\xc0\xe0\x80\xf0\x80\x80\xdf\xef\xbf\xf7\xbf\xbf",
+    "FEFEFFFF": b"\xfe\xfe\xff\xff",
+    "overlong-max-C1BF-E09FBF": b"\xe0\x9f\xbf",
+    "overlong-max-F08FBFBF": b"\xf0\x8f\xbf\xbf",
+    "surrogate-EDAFBF": b"\xed\xaf\xbf",
+    "surrogate-EDB080": b"\xed\xb0\x80",
+    "surrogate-pair-EDAFBFEDBFBF": b"\xed\xaf\xbf\xed\xbf\xbf",
 }
+
+# the vectors agree with a strict decoder (an RFC 3629 oracle)
+for _k, _v in VALID_UTF8.items():
+    _v.decode("utf-8")
+for _k, _v in INVALID_UTF8.items():
+    try:
+        _v.decode("utf-8")
+        raise AssertionError("vector %s is valid UTF-8" % _k)
+    except UnicodeDecodeError:
+        pass
 
 
 @pytest.mark.parametrize("name", list(VALID_UTF8))
@@ -555,6 +589,23 @@ def test_6_invalid_utf8_fragmented_every_byte(env, ws, name):
     assert_failed(env, ws, INVALID_DATA, allow_backend_drop=True)
 
 
+KOSME = bytes.fromhex("cebae1bdb9cf83cebcceb5")
+
+
+@pytest.mark.parametrize("n", range(1, len(KOSME) + 1))
+def test_6_kosme_prefixes(env, ws, n):
+    # Autobahn 6.6.x: every prefix of κόσμε as one message; a prefix that
+    # ends inside a character is invalid
+    data = KOSME[:n]
+    ws.send_frame(OP_TEXT, data)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        assert_failed(env, ws, INVALID_DATA, allow_backend_drop=True)
+    else:
+        echo(ws, OP_TEXT, data)
+
+
 def test_6_invalid_utf8_in_second_fragment(env, ws):
     ws.send_frame(OP_TEXT, b"Hello-\xce\xba", fin=False)
     ws.send_frame(OP_CONT, b"\xed\xa0\x80-world", fin=True)
@@ -597,9 +648,16 @@ def test_6_fail_fast_on_invalid_utf8(env, ws, announced):
     assert env.messages() == []
 
 
-def test_6_fail_fast_in_second_fragment(env, ws):
-    ws.send_frame(OP_TEXT, b"Hello-", fin=False)
-    ws.send_frame(OP_CONT, b"world-\xed\xa0\x80", fin=True, length_override=500)
+@pytest.mark.parametrize("first,second", [
+    (b"Hello-", b"world-\xed\xa0\x80"),
+    (KOSME + b"\xf4", b"\x90\x80\x80"),           # Autobahn 6.4.2: F4 | 90 ..
+    (KOSME, b"\xf4\x90\x80\x80"),                 # Autobahn 6.4.1
+], ids=["surrogate", "F4-split", "F4908080"])
+def test_6_fail_fast_in_second_fragment(env, ws, first, second):
+    # the first fragment is valid (and may be relayed), the second announces
+    # more than is sent and is invalid early: 1007 at once
+    ws.send_frame(OP_TEXT, first, fin=False)
+    ws.send_frame(OP_CONT, second, fin=True, length_override=500)
     f = ws.recv_frame(1.5)
     assert f.opcode == OP_CLOSE, "expected a close frame, got %r" % (f,)
     assert rawws.RawWS.parse_close(f.payload)[0] == INVALID_DATA
@@ -760,10 +818,59 @@ def test_7_big_message_echoed_then_close(env, ws):
     assert env.messages() == [("binary", 256 * 1024)]
 
 
+# -- prompt TCP close after failing ---------------------------------------
+#
+# RFC 6455 §7.1.7: after _Fail the WebSocket Connection_ the endpoint MUST
+# NOT go on processing data from the peer, "including a responding Close
+# frame", and closes the connection (§7.1.1: the server closes TCP first).
+# When the client has already sent its (invalid) close frame, or is still
+# inside a frame it will never finish, no close reply can ever come: wsguard
+# must close the TCP connection once its close frame is out, not after
+# close_timeout (2s here, 5s by default; an Autobahn client gives up after
+# 1s and records the connection as not cleanly dropped by the server).
+
+PROMPT_T = 1.0      # well below close_timeout = 2s
+
+
+def assert_failed_promptly(ws, code):
+    f = ws.recv_frame(CLOSE_T)
+    assert f.opcode == OP_CLOSE, "expected a close frame, got %r" % (f,)
+    assert rawws.RawWS.parse_close(f.payload)[0] == code
+    t0 = time.monotonic()
+    closed = ws.is_closed(CLOSE_T)
+    took = time.monotonic() - t0
+    assert closed, "wsguard did not close the TCP connection"
+    assert took < PROMPT_T, (
+        "wsguard closed the TCP connection %.2fs after its close frame: it "
+        "waited for a close reply that cannot come" % took)
+
+
+@pytest.mark.parametrize("payload", [b"\x03", struct.pack("!H", 1005),
+                                     struct.pack("!H", 999), struct.pack("!H", 1000) + b"\xff"],
+                         ids=["1-byte", "1005", "999", "bad-utf8-reason"])
+def test_7_invalid_close_then_prompt_tcp_close(ws, payload):
+    # the client's close was its last frame (RFC 6455 §5.5.1)
+    ws.send_frame(OP_CLOSE, payload)
+    code = INVALID_DATA if payload.endswith(b"\xff") else PROTOCOL
+    assert_failed_promptly(ws, code)
+
+
+def test_6_fail_fast_then_prompt_tcp_close(ws):
+    # the client is inside a frame it never finishes: no close can follow
+    ws.send_frame(OP_TEXT, b"abc\xed\xa0\x80", length_override=5000)
+    assert_failed_promptly(ws, INVALID_DATA)
+
+
+def test_10_unmasked_close_then_prompt_tcp_close(ws):
+    ws.send_frame(OP_CLOSE, struct.pack("!H", 1000), mask=False)
+    assert_failed_promptly(ws, PROTOCOL)
+
+
 # -- 9.x / 10.x -------------------------------------------------------------
 
 @pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY], ids=["text", "binary"])
-def test_9_64k_in_1300_byte_fragments(ws, opcode):
+def test_10_64k_in_1300_byte_fragments(ws, opcode):
+    # Autobahn 10.1.1 (autoFragmentSize = 1300)
     data = text_payload(65536) if opcode == OP_TEXT else bin_payload(65536)
     parts = [data[i:i + 1300] for i in range(0, len(data), 1300)]
     send_fragmented(ws, opcode, parts)
