@@ -81,7 +81,8 @@ def test_backpressure_bounds_memory(backend_factory, wsguard_factory):
         # RSS; keep it small so the bound below measures wsguard's buffers.
         env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "")
                                + ":quarantine_size_mb=1").lstrip(":")
-    wsg = wsguard_factory(b.url, _env=env)
+    # drain_timeout 1s: the stalled session must not hold up the teardown
+    wsg = wsguard_factory(b.url, _env=env, SERVER_DRAIN_TIMEOUT="1s")
     total, chunk_size = 64 * MiB, 64 * 1024
     chunk = os.urandom(chunk_size)
 
