@@ -220,3 +220,36 @@ def test_compression_offer_is_declined(backend, wsguard):
     o = backend.opens()[0]
     assert "Sec-WebSocket-Extensions" not in o["headers"]
     assert backend.messages()[0]["len"] == len("compressible " * 1000)
+
+
+def test_plain_ws_when_tls_disabled(backend, wsguard_factory):
+    """[tls] enabled = no: plain ws:// (behind another terminator)."""
+    wsg = wsguard_factory(backend.url, TLS_ENABLED="no")
+    assert wsg.url.startswith("ws://")
+
+    async def go():
+        async with connect(wsg, "/plain") as ws:
+            await ws.send("no tls")
+            assert await asyncio.wait_for(ws.recv(), 5) == "no tls"
+            await ws.send(b"\x00\xff")
+            assert await asyncio.wait_for(ws.recv(), 5) == b"\x00\xff"
+    run(go(), 30)
+    o = backend.opens()[0]
+    assert o["path"] == "/plain"
+    assert o["headers"]["X-Forwarded-Proto"] == "http"
+    assert o["headers"]["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_backend_messages_and_close_reach_client(backend, wsguard):
+    """Echoes in both types, then a close started by the client comes back
+    as the backend's close with the same code, and the session is logged."""
+    async def go():
+        async with connect(wsguard) as ws:
+            for m in ("a", b"b", "\u00e9\u20ac\U0001F600", b"\x00" * 300):
+                await ws.send(m)
+                assert await asyncio.wait_for(ws.recv(), 5) == m
+            await ws.close(1000, "done")
+            return ws.close_code, ws.close_reason
+    assert run(go(), 30) == (1000, "done")
+    rec = wsguard.wait_access(lambda r: r.get("event") == "session")
+    assert rec["close_code"] == 1000
