@@ -14,9 +14,12 @@ test_9_* / test_10_* big fragmented messages and masking. See
 docs/conformance.md for the map.
 """
 
+import codecs
 import hashlib
 import os
+import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -864,6 +867,139 @@ def test_6_fail_fast_then_prompt_tcp_close(ws):
 def test_10_unmasked_close_then_prompt_tcp_close(ws):
     ws.send_frame(OP_CLOSE, struct.pack("!H", 1000), mask=False)
     assert_failed_promptly(ws, PROTOCOL)
+
+
+# -- what exactly reaches the backend -------------------------------------
+#
+# python3-websockets validates too, so the echo backend alone cannot show
+# whether wsguard relayed an invalid message (the backend would reject it
+# itself). RawBackend is a non-validating backend: it completes the upgrade
+# and records every frame it receives until the connection ends.
+
+class RawBackend:
+    def __init__(self):
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.url = "ws://127.0.0.1:%d" % self.port
+        self.frames = []
+        self.error = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.lsock.settimeout(20)
+            conn, _ = self.lsock.accept()
+            conn.settimeout(20)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            head, rest = head.split(b"\r\n\r\n", 1)
+            key = None
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                k, _, v = line.partition(":")
+                if k.strip().lower() == "sec-websocket-key":
+                    key = v.strip()
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                          % rawws.accept_key(key)).encode())
+            ws = rawws.RawWS(conn, rest)
+            while True:
+                try:
+                    f = ws.recv_frame(20)
+                except rawws.WSError:
+                    break
+                self.frames.append(f)
+                if f.opcode == OP_CLOSE:
+                    try:
+                        ws.send_frame(OP_CLOSE, f.payload, mask=False)
+                    except OSError:
+                        pass
+                    ws.is_closed(3)
+                    break
+            conn.close()
+        except Exception as e:          # reported by the test
+            self.error = e
+        finally:
+            self.done.set()
+            self.lsock.close()
+
+    def wait(self, timeout=BACKEND_T):
+        assert self.done.wait(timeout), "the backend connection did not end"
+        assert self.error is None, self.error
+        return self.frames
+
+
+def assert_no_invalid_text_relayed(frames):
+    """Every text byte the backend got is a valid UTF-8 prefix, and no
+    message it got complete is invalid."""
+    dec = None
+    for f in frames:
+        if f.opcode == OP_TEXT:
+            dec = codecs.getincrementaldecoder("utf-8")()
+        elif f.opcode != OP_CONT or dec is None:
+            continue
+        try:
+            dec.decode(f.payload, final=f.fin)
+        except UnicodeDecodeError as e:
+            pytest.fail("wsguard relayed invalid UTF-8 to the backend: %s (frames %r)"
+                        % (e, frames))
+        if f.fin:
+            dec = None
+
+
+INVALID_RELAY_CASES = {
+    "single-frame-surrogate": [(OP_TEXT, b"Hello-\xed\xa0\x80", True)],
+    "single-frame-truncated": [(OP_TEXT, b"Hello-\xf0\x90\x80", True)],
+    "truncated-final-fragment": [(OP_TEXT, b"Hello-", False), (OP_CONT, b"\xf0\x90", False),
+                                 (OP_CONT, b"\x80", True)],
+    "truncated-empty-final": [(OP_TEXT, b"Hello-\xce", False), (OP_CONT, b"", True)],
+    "second-fragment-invalid": [(OP_TEXT, b"Hello-", False), (OP_CONT, b"\xc0\xaf", True)],
+}
+
+
+@pytest.mark.parametrize("name", list(INVALID_RELAY_CASES))
+def test_6_invalid_utf8_never_reaches_backend(wsguard_factory, client_ssl, name):
+    be = RawBackend()
+    px = wsguard_factory(be.url, SERVER_CLOSE_TIMEOUT="2s", LIMITS_MAX_PAYLOAD="16m")
+    ws = rawws.connect(px.host, px.port, client_ssl, server_hostname="localhost")
+    try:
+        for opcode, payload, fin in INVALID_RELAY_CASES[name]:
+            ws.send_frame(opcode, payload, fin=fin)
+        res = ws.expect_close(CLOSE_T)
+        assert res.code == INVALID_DATA
+        frames = be.wait()
+        assert_no_invalid_text_relayed(frames)
+        # told with a close 1007, or (a frame was cut) not told at all
+        closes = [f for f in frames if f.opcode == OP_CLOSE]
+        if closes:
+            assert rawws.RawWS.parse_close(closes[0].payload)[0] == INVALID_DATA
+    finally:
+        ws.close()
+
+
+def test_3_bad_frames_never_reach_backend(wsguard_factory, client_ssl):
+    be = RawBackend()
+    px = wsguard_factory(be.url, SERVER_CLOSE_TIMEOUT="2s", LIMITS_MAX_PAYLOAD="16m")
+    ws = rawws.connect(px.host, px.port, client_ssl, server_hostname="localhost")
+    try:
+        ws.send_frame(OP_BINARY, b"good")
+        ws.send_frame(OP_BINARY, b"bad", rsv=4)
+        res = ws.expect_close(CLOSE_T)
+        assert res.code == PROTOCOL
+        frames = be.wait()
+        got = [(f.opcode, f.rsv, f.payload) for f in frames]
+        # "good" was relayed before the bad header was seen; the bad frame
+        # never; then wsguard's close 1002
+        assert got[:1] == [(OP_BINARY, 0, b"good")], got
+        assert len(got) == 2 and got[1][0] == OP_CLOSE, got
+        assert rawws.RawWS.parse_close(got[1][2])[0] == PROTOCOL
+    finally:
+        ws.close()
 
 
 # -- 9.x / 10.x -------------------------------------------------------------
