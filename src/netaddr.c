@@ -755,7 +755,9 @@ v1_token(const uint8_t *line, size_t *pos, size_t end, char *t, size_t cap,
     size_t i = *pos, n = 0;
 
     while (i < end && line[i] != ' ') {
-        if (n + 1 >= cap)
+        /* Printable only: a NUL would cut the token short for inet_pton
+         * and let trailing junk through. */
+        if (n + 1 >= cap || line[i] < 0x21 || line[i] > 0x7e)
             return -1;
         t[n++] = (char)line[i++];
     }
