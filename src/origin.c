@@ -382,7 +382,7 @@ struct origin_set *
 origin_set_new(const struct strlist *allow, const struct strlist *patterns,
                char *err, size_t cap)
 {
-    static char scratch[1];
+    char scratch[1];
     size_t na = allow != NULL ? allow->n : 0;
     size_t np = patterns != NULL ? patterns->n : 0;
     struct origin_set *s;

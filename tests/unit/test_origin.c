@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "origin.h"
 
@@ -502,6 +503,58 @@ test_many_exact(void **state)
         free(v[i]);
 }
 
+/* Workers share one set: concurrent lookups (exact, JIT patterns and a
+ * limit-hitting one) give the same answers as alone. Run under
+ * -fsanitize=thread to check there is no shared mutable state. */
+struct worker_arg {
+    const struct origin_set *s;
+    int bad;
+};
+
+static void *
+worker_run(void *p)
+{
+    struct worker_arg *w = p;
+    static const struct { const char *o; int ok; } v[] = {
+        { "https://app.example.com", 1 }, { "https://b.example.com:443", 1 },
+        { "https://b.c.example.com", 0 }, { "https://aaaa", 1 },
+        { "https://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.b", 0 },
+        { "null", 0 }, { "https://app.example.com.evil.net", 0 },
+    };
+
+    for (int i = 0; i < 2000; i++) {
+        size_t k = (size_t)i % (sizeof v / sizeof v[0]);
+
+        if (allowed(w->s, v[k].o) != v[k].ok)
+            w->bad++;
+    }
+    return NULL;
+}
+
+static void
+test_threads(void **state)
+{
+    static const char *const allow[] = { "https://app.example.com", NULL };
+    static const char *const pat[] = {
+        "https://[a-z0-9-]+\\.example\\.com", "https://(a+)+$", NULL,
+    };
+    struct origin_set *s = make_set(allow, pat);
+    pthread_t t[4];
+    struct worker_arg w[4];
+
+    (void)state;
+    for (int i = 0; i < 4; i++) {
+        w[i].s = s;
+        w[i].bad = 0;
+        assert_int_equal(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(w[i].bad, 0);
+    }
+    origin_set_free(s);
+}
+
 int
 main(void)
 {
@@ -519,6 +572,7 @@ main(void)
         cmocka_unit_test(test_pattern_check),
         cmocka_unit_test(test_empty_set),
         cmocka_unit_test(test_many_exact),
+        cmocka_unit_test(test_threads),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
