@@ -112,6 +112,7 @@ struct config {
     uint64_t pong_timeout_ms;
     uint64_t close_timeout_ms;
     uint64_t drain_timeout_ms;
+    uint64_t write_timeout_ms;  /* output to a side blocked this long: cut */
     char *user;                 /* NULL or "" = keep */
     bool proxy_protocol;
     struct strlist trusted_proxies;

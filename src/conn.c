@@ -49,6 +49,7 @@
 #include "worker.h"
 #include "ws.h"
 #include "buf.h"
+#include "ratelimit.h"
 #include "tls.h"
 
 enum conn_state {
@@ -86,6 +87,7 @@ struct side {
     unsigned kill : 1;          /* close it as soon as output is flushed */
     unsigned hs_want_wr : 1;    /* TLS handshake waits for writability */
     unsigned lingering : 1;     /* our end is shut, reading until EOF */
+    ev_tstamp wblock_since;     /* output to it blocked since; 0 = not */
 };
 
 enum dir_mode {
@@ -109,8 +111,12 @@ struct dir {
     uint8_t close_fwd;          /* a forwarded close is in [pos, parsed) */
     uint8_t ckey[4];            /* sender's masking key */
     uint8_t okey[4];            /* wsguard's masking key toward a server */
-    uint8_t ctl_len, ctl_off;
-    uint8_t ctl[WS_MAX_HEADER + WS_MAX_CONTROL];
+    uint8_t ctl_close;          /* ctl ends with a close frame */
+    uint16_t ctl_len, ctl_off;
+    uint8_t ctl[2 * (WS_MAX_HEADER + WS_MAX_CONTROL)];  /* a ping and a
+                                   close of wsguard's own, for dst */
+    const char *why;            /* reason for the close code dir_parse
+                                   returned, for the log */
     uint64_t bytes, msgs;       /* relayed in this direction */
 };
 
@@ -131,6 +137,11 @@ struct conn {
     struct dir up, down;
     ev_timer timer;
     ev_tstamp started, last_activity, phase_start, closing_since;
+    ev_tstamp cli_rx;           /* last byte from the client */
+    ev_tstamp ping_sent;        /* our last ping; outstanding while
+                                   > cli_rx */
+    uint8_t ping_data[8];       /* its payload, to recognise the pong */
+    struct bucket b_msgs, b_bytes, b_ctl;   /* [limits] per connection */
     char client_ip[INET6_ADDRSTRLEN];
 
     /* Handshake only; all NULL once relaying. */
@@ -149,6 +160,7 @@ struct conn {
     const struct backend_addr *be_addr;
 
     /* For the access log. */
+    char why_buf[96];           /* reason text built at run time */
     char *path;                 /* copy of the request path */
     char *origin;
     int status;                 /* refusal status */
@@ -195,6 +207,41 @@ conn_set_state(struct conn *c, enum conn_state s)
 /* The one deadline of the current phase (libev's "strategy #3": activity
  * only stores a time stamp; the timer re-arms itself from it when it
  * fires). Returns 0 when no deadline applies. */
+enum relay_deadline {
+    DL_LIFETIME = 0, DL_IDLE, DL_STALL_CLI, DL_STALL_BE, DL_PONG, DL_PING
+};
+
+/* Every deadline of a relaying session (0 = none), in the order they are
+ * acted on when several are due together. */
+static void
+relay_deadlines(const struct conn *c, ev_tstamp t[6])
+{
+    const struct config *cfg = cfg_of(c);
+
+    memset(t, 0, 6 * sizeof *t);
+    if (cfg->max_lifetime_ms)
+        t[DL_LIFETIME] = c->started + ms(cfg->max_lifetime_ms);
+    if (cfg->idle_timeout_ms)
+        t[DL_IDLE] = c->last_activity + ms(cfg->idle_timeout_ms);
+    if (cfg->write_timeout_ms) {
+        if (c->cli.wblock_since)
+            t[DL_STALL_CLI] = c->cli.wblock_since + ms(cfg->write_timeout_ms);
+        if (c->be.wblock_since)
+            t[DL_STALL_BE] = c->be.wblock_since + ms(cfg->write_timeout_ms);
+    }
+    if (cfg->ping_interval_ms) {
+        if (c->ping_sent > c->cli_rx) {
+            if (cfg->pong_timeout_ms)
+                t[DL_PONG] = c->ping_sent + ms(cfg->pong_timeout_ms);
+        } else {
+            /* Ping a client that has been silent for ping_interval. */
+            ev_tstamp base = c->cli_rx > c->ping_sent ? c->cli_rx
+                                                      : c->ping_sent;
+            t[DL_PING] = base + ms(cfg->ping_interval_ms);
+        }
+    }
+}
+
 static ev_tstamp
 conn_deadline(const struct conn *c)
 {
@@ -218,15 +265,14 @@ conn_deadline(const struct conn *c)
         d = c->started + ms(cfg->handshake_timeout_ms) +
             ms(c->pol->connect_timeout_ms);
         break;
-    case CS_RELAY:
-        if (cfg->idle_timeout_ms)
-            d = c->last_activity + ms(cfg->idle_timeout_ms);
-        if (cfg->max_lifetime_ms) {
-            ev_tstamp l = c->started + ms(cfg->max_lifetime_ms);
-            if (d == 0 || l < d)
-                d = l;
-        }
+    case CS_RELAY: {
+        ev_tstamp t[6];
+        relay_deadlines(c, t);
+        for (int i = 0; i < 6; i++)
+            if (t[i] != 0 && (d == 0 || t[i] < d))
+                d = t[i];
         break;
+    }
     case CS_CLOSING:
         d = c->closing_since + ms(cfg->close_timeout_ms ?
                                       cfg->close_timeout_ms : 1);
@@ -245,6 +291,59 @@ conn_timer_arm(struct conn *c)
     ev_tstamp after = d - ev_now(c->w->loop);
     ev_timer_set(&c->timer, after > 0 ? after : 0, 0);
     ev_timer_start(c->w->loop, &c->timer);
+}
+
+static void relay_ping(struct conn *c);
+
+static void
+enforced(struct conn *c, enum enforce e)
+{
+    atomic_fetch_add(&c->w->st.enforced[e], 1);
+}
+
+/* A side that is gone for good (stalled, silent): its socket is closed by
+ * conn_settle(), which tells the other side with a close frame. */
+static void
+relay_drop(struct conn *c, struct side *s, int code, const char *reason)
+{
+    if (c->close_code == 0) {
+        c->close_code = code;
+        c->closed_by = "wsguard";
+        c->reason = reason;
+    }
+    log_debug("session %s: dropping the %s: %s", c->client_ip,
+              s == &c->cli ? "client" : "backend", reason);
+    s->eof = 1;
+}
+
+static void
+relay_timeout(struct conn *c, ev_tstamp now)
+{
+    ev_tstamp t[6];
+    relay_deadlines(c, t);
+    now += 0.0005;              /* libev may fire a hair early */
+    if (t[DL_LIFETIME] && now >= t[DL_LIFETIME]) {
+        enforced(c, ENF_LIFETIME);
+        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
+                   "max lifetime", "wsguard");
+    } else if (t[DL_IDLE] && now >= t[DL_IDLE]) {
+        enforced(c, ENF_IDLE);
+        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
+                   "idle timeout", "wsguard");
+    } else if (t[DL_STALL_CLI] && now >= t[DL_STALL_CLI]) {
+        /* It does not read: a close frame would not reach it either. */
+        enforced(c, ENF_WRITE_STALL);
+        relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "client not reading");
+    } else if (t[DL_STALL_BE] && now >= t[DL_STALL_BE]) {
+        enforced(c, ENF_WRITE_STALL);
+        relay_drop(c, &c->be, WS_CLOSE_BAD_GATEWAY, "backend not reading");
+    } else if (t[DL_PONG] && now >= t[DL_PONG]) {
+        enforced(c, ENF_PONG);
+        relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "pong timeout");
+    } else if (t[DL_PING] && now >= t[DL_PING]) {
+        relay_ping(c);
+    }
+    conn_timer_arm(c);
 }
 
 static void
@@ -275,14 +374,9 @@ conn_timeout(struct conn *c)
         c->reason = "client did not read the 101";
         c->dead = 1;
         break;
-    case CS_RELAY: {
-        const struct config *cfg = cfg_of(c);
-        int life = cfg->max_lifetime_ms &&
-                   now >= c->started + ms(cfg->max_lifetime_ms) - 0.0005;
-        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
-                   life ? "max lifetime" : "idle timeout", "wsguard");
+    case CS_RELAY:
+        relay_timeout(c, now);
         break;
-    }
     case CS_CLOSING:
         if (c->reason == NULL)
             c->reason = "close timeout";
@@ -888,19 +982,34 @@ conn_closing(struct conn *c)
 static void
 dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason)
 {
-    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_len)
+    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_close)
         return;
     uint8_t key[4];
     const uint8_t *k = NULL;
-    if (!d->from_client) {
-        /* down carries frames to the client: unmasked */
-    }
-    if (d->from_client) {
+    if (d->from_client) {       /* toward the backend: masked */
         worker_random(c->w, key, 4);
         k = key;
     }
-    d->ctl_len = (uint8_t)ws_build_close(d->ctl, (unsigned)code, reason, k);
-    d->ctl_off = 0;
+    d->ctl_len += (uint16_t)ws_build_close(d->ctl + d->ctl_len,
+                                           (unsigned)code, reason, k);
+    d->ctl_close = 1;
+}
+
+/* wsguard's own ping to a silent client (server to client: unmasked).
+ * Its pong is recognised by the random payload and not relayed. */
+static void
+relay_ping(struct conn *c)
+{
+    struct dir *d = &c->down;
+    if (d->ctl_len || c->cli.fd == -1)
+        return;
+    worker_random(c->w, c->ping_data, sizeof c->ping_data);
+    d->ctl_len = (uint16_t)ws_write_header(d->ctl, 1, WS_OP_PING, NULL,
+                                           sizeof c->ping_data);
+    memcpy(d->ctl + d->ctl_len, c->ping_data, sizeof c->ping_data);
+    d->ctl_len += sizeof c->ping_data;
+    c->ping_sent = ev_now(c->w->loop);
+    dir_flush(c, d);
 }
 
 /* Stop forwarding in d: what was validated still goes out, the rest of
@@ -939,6 +1048,61 @@ relay_fail(struct conn *c, int cli_code, int be_code, const char *reason,
     dir_flush(c, &c->up);
 }
 
+/* How many bytes at the end of p[0..n) belong to an unfinished UTF-8
+ * sequence: continuation bytes back to and including their lead byte
+ * (all n when the lead byte came before p). At most 3. */
+static size_t
+utf8_tail(const uint8_t *p, size_t n)
+{
+    size_t k = 0;
+    while (k < n && k < 3 && (p[n - 1 - k] & 0xC0) == 0x80)
+        k++;
+    if (k < n && k < 3 && (p[n - 1 - k] & 0xC0) == 0xC0)
+        k++;                    /* the lead byte */
+    return k;
+}
+
+/* [limits] on a complete client control frame: pings and pongs share
+ * one bucket; close frames are never limited. */
+static int
+limit_control(struct conn *c, struct dir *d, const struct ws_header *h)
+{
+    uint64_t n = c->pol->control_frames_per_second;
+    if (n == 0 || h->opcode == WS_OP_CLOSE ||
+        bucket_take(&c->b_ctl, (double)n, (double)n, 1,
+                    ev_now(c->w->loop), 0))
+        return 0;
+    d->why = "control frame rate exceeded";
+    return WS_CLOSE_POLICY;
+}
+
+/* [limits] on a client data frame header, before any of its payload is
+ * forwarded: the message rate is charged on a message's first frame, the
+ * byte rate on every frame. */
+static int
+limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
+{
+    const struct policy *p = c->pol;
+    ev_tstamp now = ev_now(c->w->loop);
+
+    if (p->messages_per_second && h->opcode != WS_OP_CONT) {
+        double rate = (double)p->messages_per_second;
+        double burst = p->message_burst ? (double)p->message_burst : rate;
+        if (!bucket_take(&c->b_msgs, rate, burst, 1, now, 0)) {
+            d->why = "message rate exceeded";
+            return WS_CLOSE_POLICY;
+        }
+    }
+    if (p->bytes_per_second) {
+        double rate = (double)p->bytes_per_second;
+        if (!bucket_take(&c->b_bytes, rate, rate, (double)h->len, now, 1)) {
+            d->why = "byte rate exceeded";
+            return WS_CLOSE_POLICY;
+        }
+    }
+    return 0;
+}
+
 /* Validate and transform new bytes [parsed, last) of d. Returns 0, or the
  * close code the sender has earned. */
 static int
@@ -955,24 +1119,43 @@ dir_parse(struct conn *c, struct dir *d)
             int n = ws_parse_header(p, avail, &h);
             if (n == WS_INCOMPLETE)
                 return 0;
-            if (n == WS_ERROR)
+            if (n == WS_ERROR) {
+                d->why = "invalid frame length";
                 return WS_CLOSE_PROTOCOL;
+            }
             int code = ws_check_header(&d->msg, &h, d->from_client,
                                        d->max_payload);
-            if (code)
+            if (code) {
+                d->why = code == WS_CLOSE_TOO_BIG ? "message too big"
+                                                  : "protocol error";
                 return code;
+            }
             if (h.opcode & 0x8) {
                 /* Control frames are handled whole (≤ 139 bytes): the
                  * close payload must be checked before it is relayed. */
                 if (avail < (size_t)n + h.len)
                     return 0;
+                if (d->from_client && (code = limit_control(c, d, &h)))
+                    return code;
                 uint8_t *pl = p + n;
                 if (h.masked)
                     ws_mask(pl, (size_t)h.len, h.key, 0);
+                if (d->from_client && h.opcode == WS_OP_PONG &&
+                    c->ping_sent > 0 && h.len == sizeof c->ping_data &&
+                    memcmp(pl, c->ping_data, sizeof c->ping_data) == 0) {
+                    /* The pong to wsguard's own ping: consumed here. */
+                    size_t flen = (size_t)n + (size_t)h.len;
+                    memmove(p, p + flen, avail - flen);
+                    b->last -= (uint32_t)flen;
+                    c->ping_sent = 0;
+                    continue;
+                }
                 if (h.opcode == WS_OP_CLOSE) {
                     code = ws_check_close(pl, (size_t)h.len);
-                    if (code)
+                    if (code) {
+                        d->why = "invalid close frame";
                         return code;
+                    }
                     d->src->got_close = 1;
                     d->close_fwd = 1;
                     if (c->close_code == 0) {
@@ -995,6 +1178,15 @@ dir_parse(struct conn *c, struct dir *d)
                 }
                 continue;
             }
+            if (d->from_client && (code = limit_data(c, d, &h)))
+                return code;
+            if (h.fin && h.len == 0 && d->msg.opcode == WS_OP_TEXT &&
+                d->msg.utf8 != UTF8_ACCEPT) {
+                /* An empty final fragment ends a text message inside a
+                 * code point: refused before its header goes out. */
+                d->why = "invalid UTF-8";
+                return WS_CLOSE_INVALID_DATA;
+            }
             if (h.masked) {
                 memcpy(d->ckey, h.key, 4);
                 worker_random(c->w, d->okey, 4);
@@ -1009,13 +1201,39 @@ dir_parse(struct conn *c, struct dir *d)
         } else {
             size_t take = avail < d->remaining ? avail : (size_t)d->remaining;
             if (d->msg.opcode == WS_OP_TEXT) {
+                uint32_t before = d->msg.utf8;
                 if (d->masked)
                     ws_mask(p, take, d->ckey, d->frame_off);
-                d->msg.utf8 = utf8_validate(d->msg.utf8, p, take);
-                if (d->msg.utf8 == UTF8_REJECT)
+                uint32_t st = utf8_validate(before, p, take);
+                int last = d->fin && take == d->remaining;
+                if (st == UTF8_REJECT || (last && st != UTF8_ACCEPT)) {
+                    d->why = "invalid UTF-8";
                     return WS_CLOSE_INVALID_DATA;
-                if (d->masked)
-                    ws_mask(p, take, d->okey, d->frame_off);
+                }
+                size_t hold = 0;
+                if (st != UTF8_ACCEPT && d->fin) {
+                    /* The final frame so far ends inside a code point: hold
+                     * those bytes back until it completes, so a message
+                     * that ends there is refused before any of it goes
+                     * out (the backend never gets an invalid message). */
+                    hold = utf8_tail(p, take);
+                    st = utf8_validate(before, p, take - hold);
+                }
+                d->msg.utf8 = st;
+                if (d->masked) {
+                    ws_mask(p, take - hold, d->okey, d->frame_off);
+                    /* Held bytes go back to the sender's mask, to be
+                     * processed again when the rest arrives. */
+                    ws_mask(p + take - hold, hold, d->ckey,
+                            d->frame_off + take - hold);
+                }
+                if (hold) {
+                    take -= hold;
+                    b->parsed += (uint32_t)take;
+                    d->remaining -= take;
+                    d->frame_off += take;
+                    return 0;
+                }
             } else if (d->masked) {
                 /* Unmask and re-mask in one pass: (x^a)^b = x^(a^b). */
                 uint8_t k[4];
@@ -1031,8 +1249,10 @@ dir_parse(struct conn *c, struct dir *d)
             d->in_frame = 0;
             if (d->fin) {
                 int code = ws_msg_end(&d->msg);
-                if (code)
+                if (code) {
+                    d->why = "invalid UTF-8";
                     return code;
+                }
                 d->msgs++;
             }
         }
@@ -1080,20 +1300,41 @@ dir_skip(struct conn *c, struct dir *d)
 }
 
 /* Write what d holds for its destination. */
+/* Write n bytes at p to dst; returns what was written (0 when blocked or
+ * broken). Tracks how long output to dst has been blocked, for
+ * write_timeout: any progress resets the clock. */
+static size_t
+dir_write(struct conn *c, struct side *dst, const uint8_t *p, size_t n)
+{
+    ssize_t w = side_write(dst, p, n);
+    if (w > 0) {
+        dst->wblock_since = 0;
+        return (size_t)w;
+    }
+    if (w == 0 && dst->wblock_since == 0) {
+        dst->wblock_since = ev_now(c->w->loop);
+        if (cfg_of(c)->write_timeout_ms && c->state == CS_RELAY)
+            conn_timer_arm(c);
+    }
+    return 0;
+}
+
+/* Write what d holds for its destination: validated bytes first, then
+ * wsguard's own frames, but only where a frame may start. */
 static void
 dir_flush(struct conn *c, struct dir *d)
 {
     struct side *dst = d->dst;
     struct buf *b = d->b;
 
-    if (dst->fd == -1) {
+    if (dst->fd == -1 || dst->eof) {
         if (b)
             b->pos = b->parsed;
-        d->ctl_len = 0;
+        d->ctl_len = d->ctl_off = 0;
     }
     while (b && b->pos < b->parsed) {
-        ssize_t n = side_write(dst, b->data + b->pos, b->parsed - b->pos);
-        if (n <= 0)
+        size_t n = dir_write(c, dst, b->data + b->pos, b->parsed - b->pos);
+        if (n == 0)
             return;
         b->pos += (uint32_t)n;
     }
@@ -1104,17 +1345,23 @@ dir_flush(struct conn *c, struct dir *d)
     }
     if (d->cut) {
         dst->kill = 1;
-        d->ctl_len = 0;
+        d->ctl_len = d->ctl_off = 0;
     }
-    while (d->ctl_len && d->ctl_off < d->ctl_len) {
-        ssize_t n = side_write(dst, d->ctl + d->ctl_off,
-                               (size_t)(d->ctl_len - d->ctl_off));
-        if (n <= 0)
+    /* In relay mode a frame of the peer's may be half forwarded: ours
+     * wait for its end. In discard mode the forwarded stream ended on a
+     * frame boundary (or is cut). */
+    int boundary = d->mode == DIR_DISCARD || !d->in_frame;
+    while (d->ctl_len && boundary) {
+        size_t n = dir_write(c, dst, d->ctl + d->ctl_off,
+                             (size_t)(d->ctl_len - d->ctl_off));
+        if (n == 0)
             return;
-        d->ctl_off += (uint8_t)n;
+        d->ctl_off += (uint16_t)n;
         if (d->ctl_off == d->ctl_len) {
+            if (d->ctl_close)
+                dst->sent_close = 1;
             d->ctl_len = d->ctl_off = 0;
-            dst->sent_close = 1;
+            d->ctl_close = 0;
         }
     }
     dst->wblocked = 0;
@@ -1156,14 +1403,18 @@ dir_process(struct conn *c, struct dir *d)
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
+    char why[96];
+    snprintf(why, sizeof why, "%s %s", d->from_client ? "client" : "backend",
+             d->why ? d->why : "protocol error");
+    snprintf(c->why_buf, sizeof c->why_buf, "%s", why);
+    enforced(c, code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
+                : code == WS_CLOSE_POLICY
+                    ? (strstr(why, "control") ? ENF_CONTROL : ENF_RATE)
+                    : ENF_PROTOCOL);
     if (d->from_client)
-        relay_fail(c, code, code, code == WS_CLOSE_TOO_BIG
-                                      ? "client message too big"
-                                      : "client protocol error",
-                   "wsguard");
+        relay_fail(c, code, code, c->why_buf, "wsguard");
     else
-        relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, "backend protocol error",
-                   "wsguard");
+        relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, c->why_buf, "wsguard");
 }
 
 /* Read from d's source while there is room, validate, forward. */
@@ -1199,6 +1450,8 @@ dir_pump(struct conn *c, struct dir *d)
         if (d->mode == DIR_RELAY)
             d->bytes += (uint64_t)n;
         c->last_activity = ev_now(c->w->loop);
+        if (d->from_client)
+            c->cli_rx = c->last_activity;
         dir_process(c, d);
         dir_flush(c, d);
         if (src->ssl == NULL && (size_t)n < room)
@@ -1216,7 +1469,12 @@ relay_start(struct conn *c)
     free(c->bhead);
     c->bhead = NULL;
     c->relayed = 1;
-    c->last_activity = ev_now(c->w->loop);
+    c->last_activity = c->cli_rx = ev_now(c->w->loop);
+    bucket_init(&c->b_msgs, p->message_burst ? (double)p->message_burst
+                                             : (double)p->messages_per_second,
+                c->cli_rx);
+    bucket_init(&c->b_bytes, (double)p->bytes_per_second, c->cli_rx);
+    bucket_init(&c->b_ctl, (double)p->control_frames_per_second, c->cli_rx);
     atomic_fetch_add(&c->w->st.sessions, 1);
     dir_init(c, &c->up, &c->cli, &c->be, 1, p->max_payload);
     dir_init(c, &c->down, &c->be, &c->cli, 0, p->max_payload_backend);
@@ -1296,7 +1554,7 @@ relay_settle(struct conn *c)
             int code = c->cli.got_close ? WS_CLOSE_NORMAL
                                         : WS_CLOSE_BAD_GATEWAY;
             dir_discard(&c->up);
-            dir_queue_close(c, &c->down, code, "backend connection lost");
+            dir_queue_close(c, &c->down, code, c->reason);
             dir_flush(c, &c->down);
         } else {
             if (c->close_code == 0) {
@@ -1305,8 +1563,7 @@ relay_settle(struct conn *c)
                 c->reason = "client connection lost";
             }
             dir_discard(&c->down);
-            dir_queue_close(c, &c->up, WS_CLOSE_GOING_AWAY,
-                            "client connection lost");
+            dir_queue_close(c, &c->up, WS_CLOSE_GOING_AWAY, c->reason);
             dir_flush(c, &c->up);
         }
         conn_closing(c);

@@ -47,8 +47,22 @@ void runtime_unref(struct runtime *rt);
 int runtime_resolve(const struct runtime *rt, const struct backend_addr *be,
                     struct sockaddr_storage *ss, socklen_t *len);
 
+/* Sessions ended by an enforcement, by kind (counted once per session). */
+enum enforce {
+    ENF_PROTOCOL = 0,           /* RFC 6455 violation: 1002/1007 */
+    ENF_PAYLOAD,                /* max_payload: 1009 */
+    ENF_RATE,                   /* messages/bytes per second: 1008 */
+    ENF_CONTROL,                /* control frame flood: 1008 */
+    ENF_PONG,                   /* no pong within pong_timeout */
+    ENF_IDLE,                   /* idle_timeout: 1001 */
+    ENF_LIFETIME,               /* max_lifetime: 1001 */
+    ENF_WRITE_STALL,            /* write_timeout */
+    ENF_MAX
+};
+
 /* Counters, per worker; summed by whoever reports them. */
 struct stats {
+    atomic_uint_fast64_t enforced[ENF_MAX];
     atomic_uint_fast64_t accepted;
     atomic_uint_fast64_t sessions;          /* reached the relay */
     atomic_uint_fast64_t rejected;
