@@ -207,3 +207,58 @@ def test_sigterm_drains_live_session(backend, wsguard_factory):
             return ws.close_code
     assert run(go(), 30) == 1001
     wsg.stop(timeout=15)
+
+
+def test_sighup_reload_keeps_sessions(backend, wsguard_factory):
+    """SIGHUP reloads the configuration without dropping live sessions; a
+    bad new configuration is logged and the old one stays."""
+    wsg = wsguard_factory(backend.url)
+    limit = 64 * 1024
+
+    async def oversize_closes_1009():
+        async with connect(wsg) as ws:
+            await ws.send(os.urandom(limit + 1))
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            return ws.close_code == 1009
+
+    async def go():
+        async with connect(wsg, "/live") as live:
+            await live.send("before")
+            assert await asyncio.wait_for(live.recv(), 5) == "before"
+            assert not await oversize_closes_1009()      # default 1m
+
+            with open(wsg.ini_path, "a") as f:
+                f.write("\n[limits]\nmax_payload = 64k\n")
+            wsg.proc.send_signal(signal.SIGHUP)
+            # await the new limit taking effect for new sessions
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not await oversize_closes_1009():
+                assert loop.time() < deadline, "reload did not take effect in 10s"
+                await asyncio.sleep(0.1)
+
+            await live.send("after reload")
+            assert await asyncio.wait_for(live.recv(), 5) == "after reload"
+
+            good = open(wsg.ini_path).read()
+            err_before = len(wsg.stderr_text())
+            with open(wsg.ini_path, "w") as f:
+                f.write(good + "\n[server]\nno_such_key = 1\n")
+            wsg.proc.send_signal(signal.SIGHUP)
+            while wsg.ini_path not in wsg.stderr_text()[err_before:]:
+                assert loop.time() < deadline + 10, (
+                    "bad configuration not reported: %s" % wsg.stderr_text()[err_before:])
+                await asyncio.sleep(0.05)
+            assert wsg.alive()
+            await live.send("after bad reload")
+            assert await asyncio.wait_for(live.recv(), 5) == "after bad reload"
+            # the previous (good) configuration is still in force
+            assert await oversize_closes_1009()
+            async with connect(wsg) as ws:
+                await ws.send("new session")
+                assert await asyncio.wait_for(ws.recv(), 5) == "new session"
+    run(go(), 60)
+    wsg.stop()
