@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -83,9 +84,10 @@ secret_algs(size_t len)
     return m;
 }
 
+/* alg >= 0: the JWK's "alg", the only algorithm the key may verify. */
 static int
 add_secret_kid(struct jwk_set *s, const unsigned char *sec, size_t len,
-               char *kid, unsigned only, char *err, size_t cap)
+               char *kid, int alg, char *err, size_t cap)
 {
     unsigned algs = secret_algs(len);
     unsigned char *copy;
@@ -95,13 +97,13 @@ add_secret_kid(struct jwk_set *s, const unsigned char *sec, size_t len,
                  "required (RFC 7518 §3.2)", len, JWK_SECRET_MIN);
         return -1;
     }
-    if (only != 0) {
-        if ((algs & only) == 0) {
+    if (alg >= 0) {
+        if ((algs & JWA_BIT(alg)) == 0) {
             snprintf(err, cap, "HMAC key of %zu bytes is too short for %s "
-                     "(RFC 7518 §3.2)", len, jwa_name(__builtin_ctz(only)));
+                     "(RFC 7518 §3.2)", len, jwa_name(alg));
             return -1;
         }
-        algs = only;
+        algs = JWA_BIT(alg);
     }
     copy = malloc(len);
     if (copy == NULL) {
@@ -121,7 +123,7 @@ int
 jwk_add_secret(struct jwk_set *s, const unsigned char *sec, size_t len,
                char *err, size_t cap)
 {
-    return add_secret_kid(s, sec, len, NULL, 0, err, cap);
+    return add_secret_kid(s, sec, len, NULL, -1, err, cap);
 }
 
 /* Read a whole (small) file; *len excludes the NUL added after it. */
@@ -560,7 +562,7 @@ jwk_one(struct jwk_set *s, json_t *o, char *err, size_t cap)
                      jwa_name(alg));
             rc = -1;
         } else {
-            rc = add_secret_kid(s, k, kl, kid, only, err, cap);
+            rc = add_secret_kid(s, k, kl, kid, alg, err, cap);
         }
         OPENSSL_cleanse(k, kl);
         free(k);

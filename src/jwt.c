@@ -406,29 +406,24 @@ from_query(const struct jwt_src_cfg *s, const struct http_request *req,
            struct jwt_token *t, int *n)
 {
     const char *q = memchr(req->target, '?', req->target_len);
-    size_t qlen, pos = 0, b, e;
+    const char *end = req->target + req->target_len;
 
     if (q == NULL)
         return 0;
-    q++;
-    qlen = req->target_len - (size_t)(q - req->target);
-    /* No percent-decoding: base64url and '.' need none, so an encoded
-     * token is not a token we issued; it fails as malformed later. */
-    while (list_next(q, qlen, '&', &pos, &b, &e)) {
-        const char *eq;
+    /* Elements are taken raw: no trimming and no percent-decoding.
+     * base64url and '.' need no encoding, so an encoded token is not a
+     * token we issued; it fails as malformed later. */
+    for (const char *p = q + 1; p <= end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp != NULL ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(e - p));
 
-        /* Whitespace is not trimmed in a query: take the raw element. */
-        b = pos - 1;
-        while (b > 0 && q[b - 1] != '&')
-            b--;
-        e = pos - 1 < qlen ? pos - 1 : qlen;
-        eq = memchr(q + b, '=', e - b);
-        if (eq == NULL || (size_t)(eq - (q + b)) != s->len
-            || memcmp(q + b, s->name, s->len) != 0)
-            continue;
-        if (found(t, n, JWT_SRC_QUERY, eq + 1,
-                  (size_t)(q + e - (eq + 1)), NULL, q + b, e - b) == -1)
+        if (eq != NULL && (size_t)(eq - p) == s->len
+            && memcmp(p, s->name, s->len) == 0
+            && found(t, n, JWT_SRC_QUERY, eq + 1, (size_t)(e - eq - 1),
+                     NULL, p, (size_t)(e - p)) == -1)
             return -1;
+        p = e + 1;
     }
     return 0;
 }
