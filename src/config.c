@@ -476,6 +476,18 @@ config_check_algorithm(const char *v, char *err, size_t errlen)
     return -1;
 }
 
+/* An exact [origin] allow entry must be a well-formed origin. */
+int
+config_check_origin(const char *v, char *err, size_t errlen)
+{
+    char buf[ORIGIN_MAX + 1];
+    if (origin_normalize(v, strlen(v), buf, sizeof buf) >= 0)
+        return 0;
+    snprintf(err, errlen, "'%s' is not an origin (scheme://host[:port])",
+             v);
+    return -1;
+}
+
 int
 config_check_source(const char *v, char *err, size_t errlen)
 {

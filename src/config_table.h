@@ -19,6 +19,8 @@
 #include <openssl/tls1.h>
 
 #include "config.h"
+#include "netaddr.h"
+#include "origin.h"
 
 enum opt_type {
     OPT_BOOL = 0,       /* bool */
@@ -71,6 +73,7 @@ struct config_section {
 };
 
 int config_check_algorithm(const char *v, char *err, size_t errlen);
+int config_check_origin(const char *v, char *err, size_t errlen);
 int config_check_source(const char *v, char *err, size_t errlen);
 int config_check_claim(const char *v, char *err, size_t errlen);
 int config_check_listen(const char *v, char *err, size_t errlen);
@@ -164,9 +167,9 @@ static const struct config_option config_options[] = {
     { "server", "user", OPT_STRING, C(user), 0, 0, NULL,
       UN, NULL, NULL, NULL },
     { "server", "proxy_protocol", OPT_BOOL, C(proxy_protocol), 0, 0, "off",
-      UN, NULL, NULL, NULL },
+      0, NULL, NULL, NULL },
     { "server", "trusted_proxies", OPT_LIST, C(trusted_proxies), 0, 0, NULL,
-      UN, NULL, NULL, NULL },
+      0, NULL, cidr_check, NULL },
 
     { "tls", "enabled", OPT_BOOL, C(tls_enabled), 0, 0, "yes",
       0, NULL, NULL, NULL },
@@ -195,11 +198,11 @@ static const struct config_option config_options[] = {
       0, 0, "yes", PO, NULL, NULL, NULL },
 
     { "origin", "allow", OPT_LIST, P(origin_allow), 0, 0, NULL,
-      PO | UN, NULL, NULL, NULL },
+      PO, NULL, config_check_origin, NULL },
     { "origin", "allow_pattern", OPT_LIST, P(origin_allow_pattern),
-      0, 0, NULL, PO | UN, NULL, NULL, NULL },
+      0, 0, NULL, PO, NULL, origin_pattern_check, NULL },
     { "origin", "allow_missing", OPT_BOOL, P(origin_allow_missing),
-      0, 0, "no", PO | UN, NULL, NULL, NULL },
+      0, 0, "no", PO, NULL, NULL, NULL },
 
     { "jwt", "enabled", OPT_BOOL, P(jwt_enabled), 0, 0, "no",
       PO | UN, NULL, NULL, NULL },
@@ -234,9 +237,9 @@ static const struct config_option config_options[] = {
       0, 0, "yes", PO | UN, NULL, NULL, NULL },
 
     { "limits", "max_connections_per_ip", OPT_UINT,
-      P(max_connections_per_ip), 0, U64, "0", PO | UN, NULL, NULL, NULL },
+      P(max_connections_per_ip), 0, U64, "0", PO, NULL, NULL, NULL },
     { "limits", "ipv6_prefix", OPT_UINT, P(ipv6_prefix), 0, 128, "64",
-      PO | UN, NULL, NULL, NULL },
+      PO, NULL, NULL, NULL },
     { "limits", "max_payload", OPT_SIZE, P(max_payload), 0, U64, "1m",
       PO, NULL, NULL, NULL },
     { "limits", "max_payload_backend", OPT_SIZE, P(max_payload_backend),

@@ -43,7 +43,10 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "jwt.h"
 #include "log.h"
+#include "netaddr.h"
+#include "origin.h"
 #include "upgrade.h"
 #include "utf8.h"
 #include "worker.h"
@@ -53,7 +56,8 @@
 #include "tls.h"
 
 enum conn_state {
-    CS_TLS_HANDSHAKE = 0,
+    CS_PROXY = 0,               /* reading a PROXY protocol header */
+    CS_TLS_HANDSHAKE,
     CS_REQ_READ,
     CS_BE_CONNECT,
     CS_BE_SEND,
@@ -65,7 +69,7 @@ enum conn_state {
 };
 
 static const char *const state_names[] = {
-    "TLS_HANDSHAKE", "REQ_READ", "BE_CONNECT", "BE_SEND", "BE_READ",
+    "PROXY", "TLS_HANDSHAKE", "REQ_READ", "BE_CONNECT", "BE_SEND", "BE_READ",
     "CLI_101", "RELAY", "CLOSING", "REFUSING"
 };
 
@@ -142,7 +146,27 @@ struct conn {
                                    > cli_rx */
     uint8_t ping_data[8];       /* its payload, to recognise the pong */
     struct bucket b_msgs, b_bytes, b_ctl;   /* [limits] per connection */
-    char client_ip[INET6_ADDRSTRLEN];
+    char client_ip[INET6_ADDRSTRLEN];   /* the client (behind trusted
+                                           proxies: the one they name) */
+    char peer_ip[INET6_ADDRSTRLEN];     /* the address we talk to */
+    struct ip_key ip;           /* what the per-IP limit counts */
+    unsigned ip_counted : 1;    /* holds a slot in worker_iplimit */
+    unsigned ip_over : 1;       /* the slot was refused: 429 */
+    unsigned peer_trusted : 1;  /* peer in [server] trusted_proxies */
+    unsigned addr_final : 1;    /* client address known (PROXY header) */
+
+    /* Token and what the backend request changes because of it. */
+    struct jwt_token tok;       /* points into head */
+    int64_t tok_exp;            /* exp of a verified token, 0 = none */
+    int64_t tok_leeway;
+    char *sub;
+    char *target;               /* request target sent on (token cut) */
+    size_t target_len;
+    char *extra;                /* header lines added for the backend */
+    size_t extra_len;
+    const char *drop[16];       /* header names removed for the backend */
+    size_t ndrop;
+    char *owned_drop;           /* a drop name we allocated */
 
     /* Handshake only; all NULL once relaying. */
     char *head;                 /* client request head, max_header_bytes */
@@ -208,19 +232,22 @@ conn_set_state(struct conn *c, enum conn_state s)
  * only stores a time stamp; the timer re-arms itself from it when it
  * fires). Returns 0 when no deadline applies. */
 enum relay_deadline {
-    DL_LIFETIME = 0, DL_IDLE, DL_STALL_CLI, DL_STALL_BE, DL_PONG, DL_PING
+    DL_LIFETIME = 0, DL_EXPIRY, DL_IDLE, DL_STALL_CLI, DL_STALL_BE, DL_PONG,
+    DL_PING, DL_COUNT
 };
 
 /* Every deadline of a relaying session (0 = none), in the order they are
  * acted on when several are due together. */
 static void
-relay_deadlines(const struct conn *c, ev_tstamp t[6])
+relay_deadlines(const struct conn *c, ev_tstamp t[DL_COUNT])
 {
     const struct config *cfg = cfg_of(c);
 
-    memset(t, 0, 6 * sizeof *t);
+    memset(t, 0, DL_COUNT * sizeof *t);
     if (cfg->max_lifetime_ms)
         t[DL_LIFETIME] = c->started + ms(cfg->max_lifetime_ms);
+    if (c->tok_exp && c->pol->jwt_close_on_expiry)
+        t[DL_EXPIRY] = (ev_tstamp)(c->tok_exp + c->tok_leeway);
     if (cfg->idle_timeout_ms)
         t[DL_IDLE] = c->last_activity + ms(cfg->idle_timeout_ms);
     if (cfg->write_timeout_ms) {
@@ -249,6 +276,7 @@ conn_deadline(const struct conn *c)
     ev_tstamp d = 0;
 
     switch (c->state) {
+    case CS_PROXY:
     case CS_TLS_HANDSHAKE:
     case CS_REQ_READ:
         d = c->started + ms(cfg->handshake_timeout_ms);
@@ -266,9 +294,9 @@ conn_deadline(const struct conn *c)
             ms(c->pol->connect_timeout_ms);
         break;
     case CS_RELAY: {
-        ev_tstamp t[6];
+        ev_tstamp t[DL_COUNT];
         relay_deadlines(c, t);
-        for (int i = 0; i < 6; i++)
+        for (int i = 0; i < DL_COUNT; i++)
             if (t[i] != 0 && (d == 0 || t[i] < d))
                 d = t[i];
         break;
@@ -319,13 +347,17 @@ relay_drop(struct conn *c, struct side *s, int code, const char *reason)
 static void
 relay_timeout(struct conn *c, ev_tstamp now)
 {
-    ev_tstamp t[6];
+    ev_tstamp t[DL_COUNT];
     relay_deadlines(c, t);
     now += 0.0005;              /* libev may fire a hair early */
     if (t[DL_LIFETIME] && now >= t[DL_LIFETIME]) {
         enforced(c, ENF_LIFETIME);
         relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
                    "max lifetime", "wsguard");
+    } else if (t[DL_EXPIRY] && now >= t[DL_EXPIRY]) {
+        enforced(c, ENF_EXPIRY);
+        relay_fail(c, WS_CLOSE_POLICY, WS_CLOSE_POLICY, "token expired",
+                   "wsguard");
     } else if (t[DL_IDLE] && now >= t[DL_IDLE]) {
         enforced(c, ENF_IDLE);
         relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
@@ -357,6 +389,7 @@ conn_timeout(struct conn *c)
         return;
     }
     switch (c->state) {
+    case CS_PROXY:
     case CS_TLS_HANDSHAKE:
     case CS_REQ_READ:
         c->reason = "handshake timeout";
@@ -417,6 +450,7 @@ conn_log(struct conn *c)
     r.path_len = c->path ? strlen(c->path) : 0;
     r.origin = c->origin;
     r.origin_len = c->origin ? strlen(c->origin) : 0;
+    r.sub = c->sub;
     r.status = c->relayed ? 0 : c->status;
     r.close_code = c->relayed ? c->close_code : 0;
     r.closed_by = c->relayed ? c->closed_by : NULL;
@@ -450,6 +484,12 @@ conn_free(struct conn *c)
     free(c->bhead);
     free(c->path);
     free(c->origin);
+    free(c->sub);
+    free(c->target);
+    free(c->extra);
+    free(c->owned_drop);
+    if (c->ip_counted)
+        iplimit_release(worker_iplimit, &c->ip);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -646,6 +686,9 @@ conn_refuse(struct conn *c, int status, const char *reason)
 }
 
 static void be_connect(struct conn *c);
+static void conn_req_read(struct conn *c);
+static void conn_tls_handshake(struct conn *c);
+static void addr_text(const struct sockaddr *sa, char *out, size_t cap);
 
 /* Copy a counted string for the access log. */
 static char *
@@ -659,20 +702,216 @@ dupn(const char *s, size_t n)
     return p;
 }
 
-/* The complete request head is in c->head[0..c->head_used). */
+/* Count this connection for its client address (once). Called at accept
+ * for direct clients; for a trusted proxy's connection once the PROXY
+ * header or X-Forwarded-For has named the client. The global limit is
+ * applied here; a route's own limit is checked in conn_ip_check. */
+static void
+conn_ip_count(struct conn *c)
+{
+    if (!c->rt->count_ips || c->ip_counted || c->ip_over)
+        return;
+    uint64_t lim = cfg_of(c)->global.max_connections_per_ip;
+    int r = iplimit_acquire(worker_iplimit, &c->ip, lim ? lim : UINT64_MAX);
+    if (r == 1)
+        c->ip_counted = 1;
+    else if (r == 0)
+        c->ip_over = 1;
+}
+
+static int
+conn_ip_check(struct conn *c)
+{
+    conn_ip_count(c);
+    if (c->ip_over)
+        return -1;
+    uint64_t lim = c->pol->max_connections_per_ip;
+    if (lim && c->ip_counted && iplimit_count(worker_iplimit, &c->ip) > lim)
+        return -1;
+    return 0;
+}
+
+/* Behind a trusted proxy the client is the rightmost address of
+ * X-Forwarded-For that is not itself a trusted proxy. */
+static void
+conn_client_from_xff(struct conn *c)
+{
+    char joined[2048], ip[INET6_ADDRSTRLEN + 8];
+    size_t len = 0;
+
+    for (size_t i = 0; i < c->req.nheaders; i++) {
+        const struct http_header *h = &c->req.headers[i];
+        if (!http_eq(h->name, h->name_len, "x-forwarded-for"))
+            continue;
+        if (len + h->value_len + 2 > sizeof joined)
+            return;             /* absurdly long: keep the peer */
+        if (len) {
+            memcpy(joined + len, ", ", 2);
+            len += 2;
+        }
+        memcpy(joined + len, h->value, h->value_len);
+        len += h->value_len;
+    }
+    if (len == 0 || xff_client(joined, len, c->rt->trusted, ip,
+                               sizeof ip) != 0)
+        return;
+    struct ip_key k;
+    if (ip_key_from_text(ip, strlen(ip), (unsigned)c->pol->ipv6_prefix,
+                         &k) != 0)
+        return;
+    c->ip = k;
+    snprintf(c->client_ip, sizeof c->client_ip, "%s", ip);
+}
+
+static char *
+strcat_alloc(char *a, size_t *alen, const char *b, size_t blen)
+{
+    char *n = realloc(a, *alen + blen + 1);
+    if (n == NULL) {
+        free(a);
+        return NULL;
+    }
+    memcpy(n + *alen, b, blen);
+    *alen += blen;
+    n[*alen] = '\0';
+    return n;
+}
+
+/* Append "Name: value\r\n" to c->extra and remove the client's header of
+ * that name (it is replaced). */
+static int
+conn_replace_header(struct conn *c, const char *name, const char *v,
+                    size_t vlen)
+{
+    if (c->ndrop < sizeof c->drop / sizeof c->drop[0])
+        c->drop[c->ndrop++] = name;
+    if (vlen == 0)
+        return 0;
+    c->extra = strcat_alloc(c->extra, &c->extra_len, name, strlen(name));
+    if (c->extra)
+        c->extra = strcat_alloc(c->extra, &c->extra_len, ": ", 2);
+    if (c->extra)
+        c->extra = strcat_alloc(c->extra, &c->extra_len, v, vlen);
+    if (c->extra)
+        c->extra = strcat_alloc(c->extra, &c->extra_len, "\r\n", 2);
+    return c->extra ? 0 : -1;
+}
+
+/* [jwt]: find, verify, and keep the token away from the backend and the
+ * log. Returns 0, or -1 after refusing the client with 401. */
+static int
+conn_jwt(struct conn *c, const struct jwt_verifier *v)
+{
+    const struct policy *p = c->pol;
+    char buf[8192];
+    const char *why = NULL;
+
+    int r = jwt_extract(v, &c->req, &c->tok);
+    if (r <= 0) {
+        conn_refuse(c, 401, r == 0 ? "token missing" : "token too large");
+        return -1;
+    }
+    if (c->tok.source == JWT_SRC_QUERY) {
+        /* The log never shows the token, whatever forward_token says. */
+        int n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        if (n < 0) {
+            conn_refuse(c, 401, "malformed token");
+            return -1;
+        }
+        free(c->path);
+        c->path = dupn(buf, (size_t)n);
+        if (!p->jwt_forward_token)
+            c->target = dupn(buf, (size_t)n), c->target_len = (size_t)n;
+    } else {
+        free(c->path);
+        c->path = dupn(c->req.target, c->req.target_len);
+    }
+    struct jwt_result res;
+    if (jwt_verify(v, c->tok.tok, c->tok.len, (int64_t)ev_now(c->w->loop),
+                   &res, &why) != 0) {
+        conn_refuse(c, 401, why ? why : "invalid token");
+        return -1;
+    }
+    if (res.sub[0])
+        c->sub = strdup(res.sub);
+    c->tok_exp = res.exp;
+    c->tok_leeway = jwt_leeway(v);
+
+    /* Claims for the backend; client headers with those names go. */
+    int n = jwt_claim_headers(v, &res, buf, sizeof buf);
+    jwt_result_free(&res);
+    if (n < 0) {
+        conn_refuse(c, 401, "claims too large");
+        return -1;
+    }
+    c->ndrop = jwt_claim_header_names(v, c->drop, 8);
+    if (n > 0) {
+        c->extra = strcat_alloc(c->extra, &c->extra_len, buf, (size_t)n);
+        if (c->extra == NULL) {
+            conn_refuse(c, 503, "out of memory");
+            return -1;
+        }
+    }
+    if (p->jwt_forward_token)
+        return 0;
+    int rc = 0;
+    switch (c->tok.source) {
+    case JWT_SRC_HEADER:
+        if (c->ndrop < sizeof c->drop / sizeof c->drop[0]) {
+            /* The header's name, NUL-terminated, lives in extra's
+             * neighbour: copy it into the policy-independent drop list. */
+            static const char authz[] = "authorization";
+            c->drop[c->ndrop++] =
+                http_eq(c->tok.header->name, c->tok.header->name_len, authz)
+                    ? authz : NULL;
+            if (c->drop[c->ndrop - 1] == NULL) {
+                char *name = dupn(c->tok.header->name,
+                                  c->tok.header->name_len);
+                c->drop[c->ndrop - 1] = name;
+                c->owned_drop = name;
+            }
+        }
+        break;
+    case JWT_SRC_COOKIE:
+        n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        rc = n < 0 ? -1 : conn_replace_header(c, "Cookie", buf, (size_t)n);
+        break;
+    case JWT_SRC_PROTOCOL:
+        n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        rc = n < 0 ? -1 : conn_replace_header(c, "Sec-WebSocket-Protocol",
+                                              buf, (size_t)n);
+        break;
+    default:
+        break;
+    }
+    if (rc != 0) {
+        conn_refuse(c, 400, "request too large");
+        return -1;
+    }
+    return 0;
+}
+
+/* The complete request head is in c->head[0..c->head_used). Every check
+ * runs here, before any backend is contacted. */
 static void
 conn_policy(struct conn *c)
 {
     const struct config *cfg = cfg_of(c);
+    const struct http_request *req = &c->req;
     const char *reason = NULL;
 
-    c->path = dupn(c->req.target, c->req.target_len);
-    const struct http_header *o = http_find(c->req.headers, c->req.nheaders,
+    /* Until the token's place is known the log gets no query string. */
+    size_t plen = 0;
+    while (plen < req->target_len && req->target[plen] != '?')
+        plen++;
+    c->path = dupn(req->target, plen);
+    const struct http_header *o = http_find(req->headers, req->nheaders,
                                             "origin", NULL);
     if (o)
-        c->origin = dupn(o->value, o->value_len);
+        c->origin = dupn(o->value, o->value_len < ORIGIN_MAX
+                                       ? o->value_len : ORIGIN_MAX);
 
-    int status = upgrade_check(&c->req, &c->ureq, &reason);
+    int status = upgrade_check(req, &c->ureq, &reason);
     if (status != 0) {
         conn_refuse(c, status, reason);
         return;
@@ -690,6 +929,31 @@ conn_policy(struct conn *c)
         atomic_load(&worker_total_conns) > cfg->max_connections) {
         conn_refuse(c, 503, "max_connections");
         return;
+    }
+    if (c->peer_trusted && !c->addr_final)
+        conn_client_from_xff(c);
+    if (conn_ip_check(c) != 0) {
+        conn_refuse(c, 429, "per-IP connection limit");
+        return;
+    }
+    const struct policy_rt *prt = runtime_policy(c->rt, c->pol);
+    if (prt->origin != NULL) {
+        if (o == NULL) {
+            if (!c->pol->origin_allow_missing) {
+                conn_refuse(c, 403, "origin missing");
+                return;
+            }
+        } else if (!origin_allowed(prt->origin, o->value, o->value_len)) {
+            conn_refuse(c, 403, "origin not allowed");
+            return;
+        }
+    }
+    if (prt->jwt != NULL) {
+        if (conn_jwt(c, prt->jwt) != 0)
+            return;
+    } else {
+        free(c->path);
+        c->path = dupn(req->target, req->target_len);
     }
     c->be_tries = 0;
     be_connect(c);
@@ -774,6 +1038,81 @@ conn_tls_handshake(struct conn *c)
     }
 }
 
+/* After accept (and any PROXY header): TLS handshake or the request. */
+static void
+conn_begin(struct conn *c)
+{
+    if (c->cli.ssl != NULL) {
+        conn_set_state(c, CS_TLS_HANDSHAKE);
+        conn_tls_handshake(c);
+    } else {
+        conn_set_state(c, CS_REQ_READ);
+        conn_req_read(c);
+    }
+}
+
+#define PROXY_MAX 536           /* v2 header with TLVs; v1 is ≤ 107 */
+
+/*
+ * [server] proxy_protocol: every connection starts with a PROXY v1/v2
+ * header (as with nginx's "listen ... proxy_protocol"); the address in it
+ * is believed only when the peer is in trusted_proxies. The bytes are
+ * peeked, and consumed only while they are certainly header bytes (an
+ * incomplete header) or exactly the header's length, so the TLS
+ * handshake behind it is left in the socket for OpenSSL.
+ */
+static void
+conn_proxy_read(struct conn *c)
+{
+    if (c->head == NULL && (c->head = malloc(PROXY_MAX)) == NULL) {
+        c->dead = 1;
+        return;
+    }
+    ssize_t n = recv(c->cli.fd, c->head + c->head_len,
+                     PROXY_MAX - c->head_len, MSG_PEEK);
+    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        c->reason = "client closed before PROXY header";
+        c->dead = 1;
+        return;
+    }
+    size_t have = c->head_len + (size_t)n;
+    struct sockaddr_storage ss;
+    int r = proxy_parse((const uint8_t *)c->head, have, &ss);
+    if (r == PROXY_INCOMPLETE && have < PROXY_MAX) {
+        /* Everything so far belongs to the header: take it out. */
+        if (recv(c->cli.fd, c->head + c->head_len, (size_t)n, 0) != n) {
+            c->dead = 1;
+            return;
+        }
+        c->head_len = have;
+        return;
+    }
+    if (r <= 0) {
+        c->reason = "bad PROXY protocol header";
+        log_info("refused %s: %s", c->peer_ip, c->reason);
+        c->dead = 1;
+        return;
+    }
+    size_t rest = (size_t)r - c->head_len;
+    if (recv(c->cli.fd, c->head + c->head_len, rest, 0) != (ssize_t)rest) {
+        c->dead = 1;
+        return;
+    }
+    free(c->head);
+    c->head = NULL;
+    c->head_len = 0;
+    if (c->peer_trusted && ss.ss_family != AF_UNSPEC) {
+        addr_text((struct sockaddr *)&ss, c->client_ip, sizeof c->client_ip);
+        ip_key_from_sockaddr((struct sockaddr *)&ss,
+                             (unsigned)cfg_of(c)->global.ipv6_prefix, &c->ip);
+        c->addr_final = 1;
+    }
+    conn_ip_count(c);
+    conn_begin(c);
+}
+
 /* Pick the backend for this attempt: round robin over the pool per
  * worker; a failed connect tries the next one (failover). */
 static const struct backend_addr *
@@ -851,14 +1190,20 @@ be_connected(struct conn *c)
     struct upgrade_fwd f = {0};
     upgrade_new_key(c->be_key);
     f.backend = be;
-    f.target = c->req.target;
-    f.target_len = c->req.target_len;
-    f.client_ip = c->client_ip;
+    f.target = c->target ? c->target : c->req.target;
+    f.target_len = c->target ? c->target_len : c->req.target_len;
+    f.client_ip = c->peer_ip;
+    f.real_ip = c->client_ip;
     f.client_tls = c->cli.ssl != NULL;
     f.add_forwarded = c->pol->forwarded_headers;
-    f.trusted_peer = 0;
+    f.trusted_peer = c->peer_trusted;
     f.key = c->be_key;
-    size_t cap = c->head_used + 1024 + strlen(be->path_prefix);
+    f.drop = c->drop;
+    f.ndrop = c->ndrop;
+    f.extra = c->extra;
+    f.extra_len = c->extra_len;
+    size_t cap = c->head_used + c->extra_len + c->ureq.host_len + 2048 +
+                 strlen(be->path_prefix);
     free(c->out);
     c->out = malloc(cap);
     int n = c->out ? upgrade_backend_request(c->out, cap, &c->req, &f) : -1;
@@ -935,6 +1280,13 @@ be_read_response(struct conn *c)
     char key[UPGRADE_KEY_LEN + 1];
     memcpy(key, c->ureq.key, UPGRADE_KEY_LEN);
     key[UPGRADE_KEY_LEN] = '\0';
+    if (proto == NULL && c->tok.source == JWT_SRC_PROTOCOL &&
+        !c->pol->jwt_forward_token) {
+        /* Browsers fail a handshake that answers none of the protocols
+         * they offered; the token entry is the one we can answer. */
+        proto = c->tok.entry;
+        proto_len = c->tok.entry_len;
+    }
     int m = upgrade_client_response(buf, sizeof buf, key, proto, proto_len);
     free(c->out);
     c->out = m > 0 ? malloc((size_t)m) : NULL;
@@ -1609,6 +1961,9 @@ static void
 conn_watch(struct conn *c)
 {
     switch (c->state) {
+    case CS_PROXY:
+        side_watch(c, &c->cli, 1, 0);
+        break;
     case CS_TLS_HANDSHAKE:
         side_watch(c, &c->cli, !c->cli.hs_want_wr, c->cli.hs_want_wr);
         break;
@@ -1670,6 +2025,9 @@ static void
 conn_io(struct conn *c, struct side *s, int revents)
 {
     switch (c->state) {
+    case CS_PROXY:
+        conn_proxy_read(c);
+        break;
     case CS_TLS_HANDSHAKE:
         conn_tls_handshake(c);
         break;
@@ -1784,6 +2142,7 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
     c->cli.fd = fd;
     c->be.fd = -1;
     addr_text(sa, c->client_ip, sizeof c->client_ip);
+    memcpy(c->peer_ip, c->client_ip, sizeof c->peer_ip);
     (void)salen;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1801,6 +2160,18 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
     atomic_fetch_add(&w->st.accepted, 1);
     atomic_fetch_add(&w->st.active, 1);
 
+    const struct config *cfg = cfg_of(c);
+    ip_key_from_sockaddr(sa, (unsigned)cfg->global.ipv6_prefix, &c->ip);
+    if (c->rt->trusted != NULL) {
+        /* Trust is decided on the exact peer address, never a prefix. */
+        struct ip_key exact;
+        ip_key_from_sockaddr(sa, 128, &exact);
+        c->peer_trusted = cidr_contains(c->rt->trusted, &exact) != 0;
+    }
+    /* A direct client is counted from accept; a trusted proxy's
+     * connection once the client behind it is known. */
+    if (!c->peer_trusted)
+        conn_ip_count(c);
     if (c->rt->tls != NULL) {
         c->cli.ssl = SSL_new(c->rt->tls);
         if (c->cli.ssl == NULL || SSL_set_fd(c->cli.ssl, fd) != 1) {
@@ -1809,13 +2180,12 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
             return;
         }
         SSL_set_accept_state(c->cli.ssl);
-        c->state = CS_TLS_HANDSHAKE;
-        conn_set_state(c, CS_TLS_HANDSHAKE);
-    } else {
-        c->state = CS_REQ_READ;
-        conn_set_state(c, CS_REQ_READ);
     }
-    conn_watch(c);
+    if (cfg->proxy_protocol)
+        conn_set_state(c, CS_PROXY);
+    else
+        conn_begin(c);
+    conn_settle(c);
 }
 
 void

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "netaddr.h"
 #include "worker.h"
 
 #define WSGUARD_VERSION "0.1.0"
@@ -77,6 +78,22 @@ warn_unsafe(const struct config *cfg)
     if (cfg->handshake_timeout_ms == 0)
         log_warn("[server] handshake_timeout = 0: slow clients can hold "
                  "connections forever");
+    if (cfg->global.origin_allow.n == 0 &&
+        cfg->global.origin_allow_pattern.n == 0)
+        log_warn("[origin] no allow or allow_pattern: the Origin check is "
+                 "off, any web page may open sockets here (CSWSH)");
+    else if (cfg->global.origin_allow_missing)
+        log_warn("[origin] allow_missing = yes: requests without an Origin "
+                 "header are accepted");
+    if (cfg->global.jwt_enabled && cfg->global.jwt_forward_token)
+        log_warn("[jwt] forward_token = yes: the token reaches the backend");
+    if (cfg->global.jwt_enabled && !cfg->global.jwt_require_exp)
+        log_warn("[jwt] require_exp = no: tokens without exp never expire");
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct policy *p = &cfg->routes[i].p;
+        if (p->origin_allow.n == 0 && p->origin_allow_pattern.n == 0)
+            log_warn("[route %s] the Origin check is off", cfg->routes[i].prefix);
+    }
     if (cfg->idle_timeout_ms == 0)
         log_warn("[server] idle_timeout = 0: idle sessions are never "
                  "closed");
@@ -186,6 +203,11 @@ main(int argc, char **argv)
     config_unsupported(keep, warn_cb, NULL);
     warn_unsafe(keep);
 
+    worker_iplimit = iplimit_new();
+    if (worker_iplimit == NULL) {
+        log_error("cannot create the per-IP table (no randomness?)");
+        return 1;
+    }
     nworkers = keep->workers ? keep->workers : 1;
     workers = calloc(nworkers, sizeof *workers);
     if (workers == NULL ||
@@ -226,6 +248,7 @@ main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++)
         worker_join(&workers[i]);
     free(workers);
+    iplimit_free(worker_iplimit);
     config_unref(keep);
     log_info("stopped");
     return 0;

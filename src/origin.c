@@ -11,9 +11,9 @@
  * match context PCRE2 uses 32 KiB of the calling thread's own stack.
  *
  * Patterns see the normalised origin, which is all lower case (scheme,
- * host, IPv6 hex digits), so patterns should be written in lower case:
- * "^https://App\.example\.com$" never matches anything. That fails
- * closed (refuses) rather than open.
+ * host, IPv6 hex digits). They are compiled caseless too, because scheme
+ * and host compare case-insensitively: "^https://App\.example\.com$"
+ * matches "https://app.example.com" as a user would expect.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 
@@ -287,7 +287,8 @@ compile_pattern(const char *pattern, char *err, size_t cap)
     pcre2_code *re;
 
     re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                       PCRE2_ANCHORED | PCRE2_ENDANCHORED, &code, &off,
+                       PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_CASELESS,
+                       &code, &off,
                        NULL);
     if (re == NULL && err != NULL && cap > 0) {
         PCRE2_UCHAR msg[256];

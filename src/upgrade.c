@@ -441,8 +441,16 @@ upgrade_backend_request(char *out, size_t cap,
         else if (host != NULL)
             put_header(&w, "X-Forwarded-Host", 16, host->value,
                        host->value_len);
-        if (ip_len > 0)
-            put_header(&w, "X-Real-IP", 9, ip, ip_len);
+        /* X-Real-IP is the client itself: behind a trusted proxy that is
+         * the address found in its X-Forwarded-For, not the proxy. */
+        const char *real = f->real_ip ? f->real_ip : ip;
+        size_t real_len = strlen(real);
+        for (size_t i = 0; i < real_len; i++)
+            if ((unsigned char)real[i] <= 0x20 ||
+                (unsigned char)real[i] == 0x7f)
+                w.fail = 1;
+        if (real_len > 0)
+            put_header(&w, "X-Real-IP", 9, real, real_len);
     }
 
     if (f->extra != NULL)

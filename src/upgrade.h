@@ -52,7 +52,10 @@ struct upgrade_fwd {
     const struct backend_addr *backend;
     const char *target;         /* path?query to send (after any rewrite) */
     size_t target_len;
-    const char *client_ip;      /* textual address of the client */
+    const char *client_ip;      /* textual address of the peer wsguard
+                                   talked to (appended to X-Forwarded-For) */
+    const char *real_ip;        /* the client behind trusted proxies, for
+                                   X-Real-IP; NULL = client_ip */
     int client_tls;             /* X-Forwarded-Proto: https or http */
     int add_forwarded;          /* [backend] forwarded_headers */
     int trusted_peer;           /* peer in trusted_proxies: keep and extend

@@ -16,7 +16,10 @@
 
 #include "buf.h"
 #include "conn.h"
+#include "jwt.h"
 #include "log.h"
+#include "netaddr.h"
+#include "origin.h"
 #include "tls.h"
 
 #define ACCEPTS_PER_EVENT 64
@@ -24,6 +27,7 @@
 #define ACCEPT_PAUSE 0.1        /* s, after EMFILE/ENFILE */
 
 atomic_uint_fast64_t worker_total_conns;
+struct iplimit *worker_iplimit;
 
 /* ------------------------------------------------------------------ */
 /* Runtime snapshots                                                   */
@@ -67,6 +71,41 @@ resolve_policy(struct runtime *rt, const struct policy *p, char *err,
     return 0;
 }
 
+static int
+policy_rt_init(struct policy_rt *prt, const struct policy *p, char *err,
+               size_t cap)
+{
+    char e[400];
+    if (p->origin_allow.n || p->origin_allow_pattern.n) {
+        prt->origin = origin_set_new(&p->origin_allow,
+                                     &p->origin_allow_pattern, e, sizeof e);
+        if (prt->origin == NULL) {
+            snprintf(err, cap, "[origin] %s", e);
+            return -1;
+        }
+    }
+    if (p->jwt_enabled) {
+        prt->jwt = jwt_verifier_new(p, e, sizeof e);
+        if (prt->jwt == NULL) {
+            snprintf(err, cap, "[jwt] %s", e);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+const struct policy_rt *
+runtime_policy(const struct runtime *rt, const struct policy *p)
+{
+    const struct config *cfg = rt->cfg;
+    if (p == &cfg->global || cfg->nroutes == 0)
+        return &rt->prt[0];
+    return &rt->prt[1 + (size_t)((const struct route *)
+                                     ((const char *)p -
+                                      offsetof(struct route, p)) -
+                                 cfg->routes)];
+}
+
 struct runtime *
 runtime_new(struct config *cfg, char *err, size_t cap)
 {
@@ -80,11 +119,22 @@ runtime_new(struct config *cfg, char *err, size_t cap)
     rt->cfg = cfg;
     if (cfg->tls_enabled && (rt->tls = tls_ctx_new(cfg, err, cap)) == NULL)
         goto fail;
-    if (resolve_policy(rt, &cfg->global, err, cap) != 0)
+    rt->prt = calloc(cfg->nroutes + 1, sizeof *rt->prt);
+    if (rt->prt == NULL) {
+        snprintf(err, cap, "out of memory");
         goto fail;
-    for (size_t i = 0; i < cfg->nroutes; i++)
-        if (resolve_policy(rt, &cfg->routes[i].p, err, cap) != 0)
+    }
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        const struct policy *p = i ? &cfg->routes[i - 1].p : &cfg->global;
+        if (resolve_policy(rt, p, err, cap) != 0 ||
+            policy_rt_init(&rt->prt[i], p, err, cap) != 0)
             goto fail;
+        if (p->max_connections_per_ip)
+            rt->count_ips = 1;
+    }
+    if (cfg->trusted_proxies.n &&
+        (rt->trusted = cidr_set_new(&cfg->trusted_proxies, err, cap)) == NULL)
+        goto fail;
     return rt;
 fail:
     runtime_unref(rt);
@@ -103,6 +153,14 @@ runtime_unref(struct runtime *rt)
 {
     if (rt == NULL || atomic_fetch_sub(&rt->refs, 1) != 1)
         return;
+    if (rt->prt) {
+        for (size_t i = 0; i <= rt->cfg->nroutes; i++) {
+            origin_set_free(rt->prt[i].origin);
+            jwt_verifier_free(rt->prt[i].jwt);
+        }
+        free(rt->prt);
+    }
+    cidr_set_free(rt->trusted);
     config_unref(rt->cfg);
     SSL_CTX_free(rt->tls);
     free(rt->addrs);

@@ -29,13 +29,31 @@ struct resolved {
     socklen_t len;
 };
 
+/* What the checks of one policy (global or a route) need, built from it
+ * when the snapshot is made. */
+struct policy_rt {
+    struct origin_set *origin;          /* NULL = check off */
+    struct jwt_verifier *jwt;           /* NULL = jwt off */
+};
+
 struct runtime {
     atomic_int refs;
     struct config *cfg;
     SSL_CTX *tls;
     struct resolved *addrs;
     size_t naddrs;
+    struct policy_rt *prt;      /* [0] global, [1 + i] cfg->routes[i] */
+    struct cidr_set *trusted;   /* [server] trusted_proxies, or NULL */
+    int count_ips;              /* some policy limits connections per IP */
 };
+
+/* The runtime of policy p (which lives in rt->cfg). */
+const struct policy_rt *runtime_policy(const struct runtime *rt,
+                                       const struct policy *p);
+
+/* The per-IP connection table: one for the process, shared by all
+ * workers and kept across reloads (counts outlive snapshots). */
+extern struct iplimit *worker_iplimit;
 
 /* Build a snapshot from cfg (takes over the caller's reference): the TLS
  * context and every backend address, resolved now (host names are looked
@@ -57,6 +75,7 @@ enum enforce {
     ENF_IDLE,                   /* idle_timeout: 1001 */
     ENF_LIFETIME,               /* max_lifetime: 1001 */
     ENF_WRITE_STALL,            /* write_timeout */
+    ENF_EXPIRY,                 /* token expired: 1008 */
     ENF_MAX
 };
 
