@@ -52,6 +52,7 @@
 #include "worker.h"
 #include "ws.h"
 #include "buf.h"
+#include "deadline.h"
 #include "ratelimit.h"
 #include "tls.h"
 
@@ -231,42 +232,29 @@ conn_set_state(struct conn *c, enum conn_state s)
 /* The one deadline of the current phase (libev's "strategy #3": activity
  * only stores a time stamp; the timer re-arms itself from it when it
  * fires). Returns 0 when no deadline applies. */
-enum relay_deadline {
-    DL_LIFETIME = 0, DL_EXPIRY, DL_IDLE, DL_STALL_CLI, DL_STALL_BE, DL_PONG,
-    DL_PING, DL_COUNT
-};
-
-/* Every deadline of a relaying session (0 = none), in the order they are
- * acted on when several are due together. */
+/* The session's deadlines (deadline.h) from its time stamps. */
 static void
-relay_deadlines(const struct conn *c, ev_tstamp t[DL_COUNT])
+relay_deadlines(const struct conn *c, double t[DL_COUNT])
 {
     const struct config *cfg = cfg_of(c);
-
-    memset(t, 0, DL_COUNT * sizeof *t);
-    if (cfg->max_lifetime_ms)
-        t[DL_LIFETIME] = c->started + ms(cfg->max_lifetime_ms);
-    if (c->tok_exp && c->pol->jwt_close_on_expiry)
-        t[DL_EXPIRY] = (ev_tstamp)(c->tok_exp + c->tok_leeway);
-    if (cfg->idle_timeout_ms)
-        t[DL_IDLE] = c->last_activity + ms(cfg->idle_timeout_ms);
-    if (cfg->write_timeout_ms) {
-        if (c->cli.wblock_since)
-            t[DL_STALL_CLI] = c->cli.wblock_since + ms(cfg->write_timeout_ms);
-        if (c->be.wblock_since)
-            t[DL_STALL_BE] = c->be.wblock_since + ms(cfg->write_timeout_ms);
-    }
-    if (cfg->ping_interval_ms) {
-        if (c->ping_sent > c->cli_rx) {
-            if (cfg->pong_timeout_ms)
-                t[DL_PONG] = c->ping_sent + ms(cfg->pong_timeout_ms);
-        } else {
-            /* Ping a client that has been silent for ping_interval. */
-            ev_tstamp base = c->cli_rx > c->ping_sent ? c->cli_rx
-                                                      : c->ping_sent;
-            t[DL_PING] = base + ms(cfg->ping_interval_ms);
-        }
-    }
+    struct session_times st = {
+        .started = c->started,
+        .last_activity = c->last_activity,
+        .cli_rx = c->cli_rx,
+        .ping_sent = c->ping_sent,
+        .cli_wblock = c->cli.wblock_since,
+        .be_wblock = c->be.wblock_since,
+        .expiry = c->tok_exp && c->pol->jwt_close_on_expiry
+                      ? (double)(c->tok_exp + c->tok_leeway) : 0,
+    };
+    struct session_timeouts to = {
+        .max_lifetime_ms = cfg->max_lifetime_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .write_timeout_ms = cfg->write_timeout_ms,
+        .ping_interval_ms = cfg->ping_interval_ms,
+        .pong_timeout_ms = cfg->pong_timeout_ms,
+    };
+    deadline_all(&st, &to, t);
 }
 
 static ev_tstamp
@@ -294,11 +282,9 @@ conn_deadline(const struct conn *c)
             ms(c->pol->connect_timeout_ms);
         break;
     case CS_RELAY: {
-        ev_tstamp t[DL_COUNT];
+        double t[DL_COUNT];
         relay_deadlines(c, t);
-        for (int i = 0; i < DL_COUNT; i++)
-            if (t[i] != 0 && (d == 0 || t[i] < d))
-                d = t[i];
+        d = deadline_next(t);
         break;
     }
     case CS_CLOSING:
@@ -347,33 +333,42 @@ relay_drop(struct conn *c, struct side *s, int code, const char *reason)
 static void
 relay_timeout(struct conn *c, ev_tstamp now)
 {
-    ev_tstamp t[DL_COUNT];
+    double t[DL_COUNT];
     relay_deadlines(c, t);
-    now += 0.0005;              /* libev may fire a hair early */
-    if (t[DL_LIFETIME] && now >= t[DL_LIFETIME]) {
+    switch (deadline_due(t, now)) {
+    case DL_LIFETIME:
         enforced(c, ENF_LIFETIME);
         relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
                    "max lifetime", "wsguard");
-    } else if (t[DL_EXPIRY] && now >= t[DL_EXPIRY]) {
+        break;
+    case DL_EXPIRY:
         enforced(c, ENF_EXPIRY);
         relay_fail(c, WS_CLOSE_POLICY, WS_CLOSE_POLICY, "token expired",
                    "wsguard");
-    } else if (t[DL_IDLE] && now >= t[DL_IDLE]) {
+        break;
+    case DL_IDLE:
         enforced(c, ENF_IDLE);
         relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
                    "idle timeout", "wsguard");
-    } else if (t[DL_STALL_CLI] && now >= t[DL_STALL_CLI]) {
+        break;
+    case DL_STALL_CLI:
         /* It does not read: a close frame would not reach it either. */
         enforced(c, ENF_WRITE_STALL);
         relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "client not reading");
-    } else if (t[DL_STALL_BE] && now >= t[DL_STALL_BE]) {
+        break;
+    case DL_STALL_BE:
         enforced(c, ENF_WRITE_STALL);
         relay_drop(c, &c->be, WS_CLOSE_BAD_GATEWAY, "backend not reading");
-    } else if (t[DL_PONG] && now >= t[DL_PONG]) {
+        break;
+    case DL_PONG:
         enforced(c, ENF_PONG);
         relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "pong timeout");
-    } else if (t[DL_PING] && now >= t[DL_PING]) {
+        break;
+    case DL_PING:
         relay_ping(c);
+        break;
+    default:
+        break;
     }
     conn_timer_arm(c);
 }
