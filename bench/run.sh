@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# bench/run.sh - side-by-side benchmark of wsguard against nginx and HAProxy
+# (and the echo backend directly, the limit). See docs/performance.md.
+#
+#   bench/run.sh                    full run: 3 repetitions of every scenario
+#   REPS=1 QUICK=1 bench/run.sh     fast check (short runs, 2,000 idle sessions)
+#   CALLGRIND=1 bench/run.sh        instructions per relayed 64 B message
+#                                   (valgrind --tool=callgrind) and syscalls
+#                                   per message (strace -c) for each proxy
+#
+# Knobs (environment): REPS, QUICK, DURATION, WARMUP, TARGETS, SCENARIOS,
+# PROXY_CPU, LG_CPU, IDLE_N, SCALE_N, SCALE_HOLD, CG_MESSAGES, KEEP_TMP=1.
+# Results: bench/results/latest.tsv (medians, spreads, ratios),
+# bench/results/latest.md (the table), bench/results/raw.log (every run),
+# bench/results/throughput.png (gnuplot, bench/plot.gp).
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+RES=$BENCH/results
+WSBENCH=$BENCH/build/wsbench
+WSECHO=$BENCH/build/wsecho
+WSGUARD=${WSGUARD_BIN:-$ROOT/build/wsguard}
+
+REPS=${REPS:-3}
+QUICK=${QUICK:-0}
+CALLGRIND=${CALLGRIND:-0}
+PROXY_CPU=${PROXY_CPU:-0}          # the proxy's core
+LG_CPU=${LG_CPU:-1}                # load generator + backend
+TARGETS=${TARGETS:-"direct wsguard nginx haproxy"}
+SCENARIOS=${SCENARIOS:-"msg64 msg4k msg256k idle hs scale"}
+if [ "$QUICK" = 1 ]; then
+    DURATION=${DURATION:-3}; WARMUP=${WARMUP:-1}
+    IDLE_N=${IDLE_N:-2000}; SCALE_N=${SCALE_N:-3000}; SCALE_HOLD=${SCALE_HOLD:-5}
+    IDLE_HOLD=${IDLE_HOLD:-2}
+else
+    DURATION=${DURATION:-6}; WARMUP=${WARMUP:-1.5}
+    IDLE_N=${IDLE_N:-9000}; SCALE_N=${SCALE_N:-9900}; SCALE_HOLD=${SCALE_HOLD:-35}
+    IDLE_HOLD=${IDLE_HOLD:-4}
+fi
+CG_MESSAGES=${CG_MESSAGES:-40000}
+
+# ---------------------------------------------------------------------------
+# Security settings, in one place. The load generator always sends an Origin
+# header and an HS256 JWT (query ?access_token=) to every target; wsguard is
+# configured to check them. Keys that wsguard does not implement yet only
+# make it warn ("not supported yet"); the harness records which are active
+# (results: security=...). Set BENCH_ORIGIN_CHECK=0 / BENCH_JWT=0 to switch
+# a check off.
+BENCH_ORIGIN=${BENCH_ORIGIN:-https://bench.example}
+BENCH_ORIGIN_CHECK=${BENCH_ORIGIN_CHECK:-1}
+BENCH_JWT=${BENCH_JWT:-1}
+BENCH_JWT_SECRET=${BENCH_JWT_SECRET:-wsbench-hs256-secret-0123456789abcdef}
+BENCH_TOKEN_IN=${BENCH_TOKEN_IN:-query}      # query | header
+WSGUARD_SECURITY_ENV=()
+[ "$BENCH_ORIGIN_CHECK" = 1 ] && WSGUARD_SECURITY_ENV+=(
+    WSGUARD_ORIGIN_ALLOW="$BENCH_ORIGIN" WSGUARD_ORIGIN_ALLOW_MISSING=no)
+[ "$BENCH_JWT" = 1 ] && WSGUARD_SECURITY_ENV+=(
+    WSGUARD_JWT_ENABLED=yes WSGUARD_JWT_ALGORITHMS=HS256
+    WSGUARD_JWT_SECRET="$BENCH_JWT_SECRET")
+LG_AUTH=(--origin "$BENCH_ORIGIN" --token-in "$BENCH_TOKEN_IN")
+[ "$BENCH_JWT" = 1 ] && LG_AUTH+=(--jwt-secret "$BENCH_JWT_SECRET")
+# Limits high enough not to trip (256 KiB messages, 9,900 sessions).
+WSGUARD_LIMIT_ENV=(WSGUARD_LIMITS_MAX_PAYLOAD=1m
+    WSGUARD_SERVER_MAX_CONNECTIONS=100000 WSGUARD_SERVER_IDLE_TIMEOUT=5m)
+# ---------------------------------------------------------------------------
+
+ECHO_PORT=9001; GUARD_PORT=9443; NGINX_PORT=9444; HAPROXY_PORT=9445
+
+TMP=$(mktemp -d /tmp/wsbench.XXXXXX)
+PIDS=()                    # every process this script started
+ECHO_PID=
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null
+    done
+    sleep 0.3
+    for p in "${PIDS[@]}"; do
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    PIDS=()
+    [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+stop_pid() {   # stop_pid PID [SIGNAL]
+    local p=$1 i
+    kill -"${2:-TERM}" "$p" 2>/dev/null
+    for i in $(seq 100); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+    forget_pid "$p"
+}
+
+wait_port() {   # wait_port PORT [TRIES]
+    local i
+    for i in $(seq "${2:-100}"); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    log "port $1 did not open"; return 1
+}
+
+# --- preparation -----------------------------------------------------------
+prepare() {
+    [ -x "$WSBENCH" ] && [ -x "$WSECHO" ] || make -s -C "$BENCH" || exit 1
+    [ -x "$WSGUARD" ] || { log "no $WSGUARD: run make first"; exit 1; }
+    mkdir -p "$RES" "$TMP/nginx/logs" "$TMP/nginx/tmp"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 30 -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null || exit 1
+    cat "$TMP/cert.pem" "$TMP/key.pem" > "$TMP/combined.pem"
+    local t
+    for t in nginx haproxy nginx-cg; do
+        sed -e "s|@TMP@|$TMP|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" \
+            -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
+            "$BENCH/conf/$t.conf.tmpl" > "$TMP/$t.conf"
+    done
+    # which of wsguard's security settings are active in this build
+    local out
+    out=$(env "${WSGUARD_SECURITY_ENV[@]}" "${WSGUARD_LIMIT_ENV[@]}" \
+        WSGUARD_TLS_CERT="$TMP/cert.pem" WSGUARD_TLS_KEY="$TMP/key.pem" \
+        WSGUARD_SERVER_LISTEN=127.0.0.1:$GUARD_PORT \
+        "$WSGUARD" -t -c "$ROOT/conf/wsguard.ini" 2>&1)
+    SECURITY="utf8=on"
+    if [ "$BENCH_ORIGIN_CHECK" = 1 ]; then
+        grep -q 'origin.*not supported' <<<"$out" && SECURITY+=",origin=unsupported" \
+            || SECURITY+=",origin=on"
+    else SECURITY+=",origin=off"; fi
+    if [ "$BENCH_JWT" = 1 ]; then
+        grep -q 'jwt.*not supported' <<<"$out" && SECURITY+=",jwt=unsupported" \
+            || SECURITY+=",jwt=on"
+    else SECURITY+=",jwt=off"; fi
+    log "wsguard security settings: $SECURITY"
+}
+
+start_echo() {
+    taskset -c "$LG_CPU" "$WSECHO" -q -l 127.0.0.1:$ECHO_PORT &
+    ECHO_PID=$!; PIDS+=("$ECHO_PID")
+    wait_port $ECHO_PORT || exit 1
+}
+
+# start_target NAME [callgrind]: sets TPORT TLSOPT MPID (pid to measure) SPID
+# (pid to stop)
+start_target() {
+    local name=$1 cg=${2:-}
+    local vg=()
+    [ -n "$cg" ] && vg=(valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$name.$cg.out")
+    case $name in
+    direct)
+        TPORT=$ECHO_PORT; TLSOPT=--no-tls; MPID=$ECHO_PID; SPID=; return 0 ;;
+    wsguard)
+        env "${WSGUARD_SECURITY_ENV[@]}" "${WSGUARD_LIMIT_ENV[@]}" \
+            WSGUARD_SERVER_LISTEN=127.0.0.1:$GUARD_PORT WSGUARD_SERVER_WORKERS=1 \
+            WSGUARD_BACKEND_URL=ws://127.0.0.1:$ECHO_PORT \
+            WSGUARD_TLS_CERT="$TMP/cert.pem" WSGUARD_TLS_KEY="$TMP/key.pem" \
+            WSGUARD_TLS_MIN_VERSION=TLSv1.3 WSGUARD_SERVER_DRAIN_TIMEOUT=0 \
+            WSGUARD_LOG_LEVEL=error WSGUARD_LOG_ACCESS_LOG=off \
+            taskset -c "$PROXY_CPU" "${vg[@]}" "$WSGUARD" -c "$ROOT/conf/wsguard.ini" \
+            2>>"$TMP/wsguard.err" &
+        SPID=$!; TPORT=$GUARD_PORT ;;
+    nginx)
+        local conf=$TMP/nginx.conf
+        [ -n "$cg" ] && conf=$TMP/nginx-cg.conf
+        taskset -c "$PROXY_CPU" "${vg[@]}" nginx -p "$TMP/nginx/" -e "$TMP/nginx/logs/error.log" \
+            -c "$conf" 2>>"$TMP/nginx.err" &
+        SPID=$!; TPORT=$NGINX_PORT ;;
+    haproxy)
+        taskset -c "$PROXY_CPU" "${vg[@]}" haproxy -db -f "$TMP/haproxy.conf" \
+            2>>"$TMP/haproxy.err" >&2 &
+        SPID=$!; TPORT=$HAPROXY_PORT ;;
+    esac
+    PIDS+=("$SPID")
+    TLSOPT=--tls
+    wait_port "$TPORT" $([ -n "$cg" ] && echo 600 || echo 100) || return 1
+    MPID=$SPID
+    if [ "$name" = nginx ] && [ -z "$cg" ]; then   # measure the worker
+        local i w=
+        for i in $(seq 50); do
+            w=$(pgrep -P "$SPID" | head -1); [ -n "$w" ] && break; sleep 0.1
+        done
+        MPID=${w:-$SPID}
+    fi
+}
+
+stop_target() {
+    [ -n "${SPID:-}" ] || return 0
+    if [ "$1" = nginx ]; then stop_pid "$SPID" QUIT; else stop_pid "$SPID" TERM; fi
+    SPID=
+}
+
+# run_lg LABEL ARGS...: runs the load generator pinned to LG_CPU, appends
+# "scenario target rep key=value..." to raw.log.
+run_lg() {
+    local label=$1; shift
+    local out
+    out=$(taskset -c "$LG_CPU" "$WSBENCH" "$@" 2>>"$TMP/wsbench.err")
+    [ -n "$out" ] || out="errors=1 last_error=no_output"
+    echo "$label $out" >> "$RAW"
+    log "  $label: $(tr ' ' '\n' <<<"$out" | grep -E '^(msg_s|mb_s|p99_us|msg_per_cpu_s|hs_s|hs_per_cpu_s|sessions|rss_per_session_kb|errors|proxy_cpu_util)=' | tr '\n' ' ')"
+}
+
+scenario() {   # scenario NAME TARGET REP
+    local sc=$1 tg=$2 rep=$3
+    local lbl="scenario=$sc target=$tg rep=$rep"
+    local common=(-t 127.0.0.1:$TPORT $TLSOPT --pid "$MPID" "${LG_AUTH[@]}")
+    case $sc in
+    msg64)   run_lg "$lbl" -m throughput -c 100 -d 16 -s 64 -T "$DURATION" -w "$WARMUP" "${common[@]}" ;;
+    msg4k)   run_lg "$lbl" -m throughput -c 50 -d 8 -s 4k -T "$DURATION" -w "$WARMUP" "${common[@]}" ;;
+    msg256k) run_lg "$lbl" -m throughput -c 4 -d 4 -s 256k -T "$DURATION" -w "$WARMUP" "${common[@]}" ;;
+    idle)    run_lg "$lbl" -m idle -c "$IDLE_N" --hold "$IDLE_HOLD" "${common[@]}" ;;
+    hs)      run_lg "$lbl" -m handshake -c 32 --resume -T "$DURATION" -w "$WARMUP" "${common[@]}" ;;
+    scale)
+        local src i
+        src=$(for i in $(seq 2 17); do printf '127.0.0.%d,' "$i"; done)
+        run_lg "$lbl" -m idle -c "$SCALE_N" --hold "$SCALE_HOLD" -B "${src%,}" \
+            --parallel 128 "${common[@]}" ;;
+    esac
+}
+
+versions() {
+    {
+        echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "nproc=$(nproc)"
+        echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+        echo "kernel=$(uname -r)"
+        echo "wsguard=$(cd "$ROOT" && git rev-parse --short HEAD)"
+        echo "nginx=$(nginx -v 2>&1 | sed 's/.*nginx\///')"
+        echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
+        echo "openssl=$(openssl version | awk '{print $2}')"
+        echo "security=$SECURITY"
+        echo "reps=$REPS quick=$QUICK duration=$DURATION warmup=$WARMUP idle_n=$IDLE_N scale_n=$SCALE_N"
+    } > "$RES/machine.txt"
+}
+
+main_run() {
+    RAW=$RES/raw.log
+    : > "$RAW"
+    versions
+    start_echo
+    local rep sc tg
+    for rep in $(seq "$REPS"); do
+        for sc in $SCENARIOS; do
+            [ "$sc" = scale ] && continue
+            for tg in $TARGETS; do
+                log "rep $rep/$REPS $sc $tg"
+                start_target "$tg" || { echo "scenario=$sc target=$tg rep=$rep errors=1 last_error=start" >> "$RAW"; stop_target "$tg"; continue; }
+                sleep 0.2
+                scenario "$sc" "$tg" "$rep"
+                stop_target "$tg"
+            done
+        done
+    done
+    if [[ " $SCENARIOS " == *" scale "* ]]; then
+        log "scale: wsguard, $SCALE_N idle sessions, hold ${SCALE_HOLD}s"
+        start_target wsguard && { sleep 0.2; scenario scale wsguard 1; }
+        stop_target wsguard
+    fi
+    stop_pid "$ECHO_PID"
+    python3 "$BENCH/aggregate.py" "$RES" || exit 1
+    if command -v gnuplot >/dev/null; then
+        (cd "$RES" && gnuplot "$BENCH/plot.gp") || log "gnuplot failed"
+    fi
+    cat "$RES/latest.md"
+}
+
+# --- callgrind: instructions per relayed 64 B message ----------------------
+cg_total() {   # total Ir of a callgrind output file
+    awk '/^summary:/ {print $2} /^totals:/ {t=$2} END {if (t) print t}' "$1" | head -1
+}
+
+callgrind_run() {
+    command -v valgrind >/dev/null || { log "valgrind missing"; exit 1; }
+    local out=$RES/callgrind.tsv
+    local m1=2000 m2=$((2000 + CG_MESSAGES)) tg
+    printf 'target\tmessages\tinstructions\tinstr_per_msg\tsyscalls_per_msg\n' > "$out"
+    RAW=$TMP/cg-raw.log
+    start_echo
+    for tg in wsguard nginx haproxy; do
+        local ir1= ir2= n
+        for n in $m1 $m2; do
+            log "callgrind $tg: $n messages"
+            start_target "$tg" "$n" || { stop_target "$tg"; continue; }
+            sleep 1
+            taskset -c "$LG_CPU" "$WSBENCH" -m throughput -c 16 -d 16 -s 64 -n "$n" \
+                -t 127.0.0.1:$TPORT --tls "${LG_AUTH[@]}" >> "$RAW" 2>>"$TMP/wsbench.err"
+            if [ "$tg" = nginx ]; then stop_pid "$SPID" QUIT; else stop_pid "$SPID" TERM; fi
+            SPID=
+            local f=$TMP/cg.$tg.$n.out
+            [ -f "$f" ] || f=$(ls "$TMP"/cg.$tg.$n.out* 2>/dev/null | head -1)
+            local ir; ir=$(cg_total "$f")
+            [ "$n" = $m1 ] && ir1=$ir || ir2=$ir
+            if [ "$n" = $m2 ]; then
+                callgrind_annotate --threshold=95 "$f" 2>/dev/null | head -45 \
+                    > "$RES/callgrind-$tg.txt"
+            fi
+        done
+        # syscalls per message (strace -c over the same fixed count, native)
+        local sc=
+        if command -v strace >/dev/null; then
+            start_target "$tg" && {
+                sleep 0.3
+                local sp pid=$SPID
+                [ "$tg" = nginx ] && pid=$MPID
+                strace -f -c -p "$pid" -o "$TMP/strace.$tg" 2>/dev/null & sp=$!
+                sleep 1
+                taskset -c "$LG_CPU" "$WSBENCH" -m throughput -c 16 -d 16 -s 64 \
+                    -n "$CG_MESSAGES" -t 127.0.0.1:$TPORT --tls "${LG_AUTH[@]}" \
+                    >> "$RAW" 2>>"$TMP/wsbench.err"
+                kill -INT "$sp"; wait "$sp" 2>/dev/null
+                local calls; calls=$(awk '/total$/ {print $3}' "$TMP/strace.$tg")
+                [ -n "$calls" ] && sc=$(awk -v c="$calls" -v m="$CG_MESSAGES" 'BEGIN{printf "%.2f", c/m}')
+                cp "$TMP/strace.$tg" "$RES/strace-$tg.txt"
+            }
+            stop_target "$tg"
+        fi
+        local per=
+        [ -n "$ir1" ] && [ -n "$ir2" ] &&
+            per=$(awk -v a="$ir1" -v b="$ir2" -v m="$CG_MESSAGES" 'BEGIN{printf "%.0f", (b-a)/m}')
+        printf '%s\t%s\t%s\t%s\t%s\n' "$tg" "$CG_MESSAGES" "$((ir2 - ir1))" "$per" "$sc" >> "$out"
+        log "callgrind $tg: $per instructions/message, $sc syscalls/message"
+    done
+    stop_pid "$ECHO_PID"
+    column -t "$out"
+}
+
+prepare
+if [ "$CALLGRIND" = 1 ]; then callgrind_run; else main_run; fi
