@@ -150,6 +150,7 @@ test_defaults(void **state)
     assert_int_equal(c->pong_timeout_ms, 10000);
     assert_int_equal(c->close_timeout_ms, 5000);
     assert_int_equal(c->drain_timeout_ms, 30000);
+    assert_int_equal(c->write_timeout_ms, 30000);
     assert_null(c->user);
     assert_false(c->proxy_protocol);
     assert_int_equal(c->trusted_proxies.n, 0);
@@ -476,6 +477,25 @@ test_validation(void **state)
                "client_ca");
     assert_int_equal(m.n, 3);
 
+    /* [origin] entries and patterns, [server] trusted_proxies: checked
+     * at load, each with its line (a route's too). */
+    load_bad("[origin]\n"
+             "allow = https://ok.example null\n"
+             "allow_pattern = ^https://(a$\n"
+             "[server]\n"
+             "trusted_proxies = 10.0.0.0/33\n"
+             "[route /r]\n"
+             "allow_pattern = (b\n", NULL, &m);
+    assert_msg(&m, "t.ini:2: [origin] allow: 'null' is not an origin "
+               "(scheme://host[:port])");
+    assert_msg(&m, "t.ini:3: [origin] allow_pattern: pattern "
+               "'^https://(a$': missing closing parenthesis at offset 12");
+    assert_msg(&m, "t.ini:5: [server] trusted_proxies: \"10.0.0.0/33\": "
+               "bad prefix length (0-32)");
+    assert_msg(&m, "t.ini:7: [origin] allow_pattern: pattern '(b': "
+               "missing closing parenthesis at offset 2");
+    assert_int_equal(m.n, 4);
+
     /* With a readable cert and key it loads. */
     config_unref(load_ok("[tls]\nenabled = yes\n", tls_env));
 
@@ -499,6 +519,7 @@ test_env(void **state)
         "WSGUARD_SERVER_MAX_CONNECTIONS=42",
         "WSGUARD_LIMITS_MAX_PAYLOAD=2k",
         "WSGUARD_JWT_AUDIENCE=",
+        "WSGUARD_CLUSTER_KEY_PREFIX=",
         "OTHER=1",
         NULL,
     };
@@ -506,7 +527,8 @@ test_env(void **state)
         "[server]\nlisten = 127.0.0.1:1\nlisten = 127.0.0.1:2\n"
         "max_connections = 9\n"
         "[backend]\nurl = ws://file:1\n"
-        "[jwt]\naudience = x y\n", env);
+        "[jwt]\naudience = x y\n"
+        "[cluster]\nkey_prefix = file:\n", env);
     struct msgs m;
 
     (void)state;
@@ -519,12 +541,14 @@ test_env(void **state)
     assert_string_equal(c->global.backends[1].port, "2");
     assert_int_equal(c->global.max_payload, 2048);
     assert_int_equal(c->global.jwt_audience.n, 0);
-    /* The file set audience (line 8) and env cleared it: one warning,
-     * from the environment. */
+    assert_null(c->cluster_key_prefix);
+    /* The file set key_prefix (line 10) and env cleared it: one warning,
+     * from the environment, not the file. audience (supported) is not
+     * reported at all. */
     m.n = 0;
     assert_int_equal(config_unsupported(c, collect, &m), 1);
-    assert_msg(&m, "env WSGUARD_JWT_AUDIENCE: [jwt] audience: not "
-               "supported yet");
+    assert_string_equal(m.v[0], "env WSGUARD_CLUSTER_KEY_PREFIX: [cluster] "
+                        "key_prefix: not supported yet");
     config_unref(c);
 
     char *const bad[] = {
@@ -631,17 +655,12 @@ test_routes(void **state)
     assert_int_equal(c->global.nbackends, 1);
     assert_false(c->global.jwt_enabled);
 
+    /* Routes and every key they take are implemented: neither a
+     * [route] section nor a route's [origin]/[jwt]/[limits] key nor the
+     * global [jwt] key is reported. */
     struct msgs m = { .n = 0 };
-    assert_int_equal(config_unsupported(c, collect, &m), 8);
-    assert_string_equal(m.v[0], "t.ini:1: [route /chat]: not supported "
-                        "yet");
-    assert_msg(&m, "t.ini:6: [route /chat/admin]: not supported yet");
-    assert_msg(&m, "t.ini:9: [route /chat/admin] allow: not supported "
-               "yet");
-    assert_msg(&m, "t.ini:10: [route /]: not supported yet");
-    assert_msg(&m, "t.ini:12: [jwt] sources: not supported yet");
-    assert_msg(&m, "t.ini:14: [route /api] sources: not supported yet");
-    assert_msg(&m, "t.ini:15: [route /api] enabled: not supported yet");
+    assert_int_equal(config_unsupported(c, collect, &m), 0);
+    assert_int_equal(m.n, 0);
 
     /* A struct config outlives its loader; refs count. */
     assert_ptr_equal(config_ref(c), c);
@@ -693,22 +712,46 @@ test_unsupported(void **state)
                           "WSGUARD_ADMIN_LISTEN=", NULL };
     struct config *c = load_ok(
         "[server]\nuser = nobody\nuser = daemon\nmax_connections = 5\n"
+        "proxy_protocol = on\ntrusted_proxies = 10.0.0.0/8 ::1\n"
+        "write_timeout = 1m\n"
         "[limits]\nmax_payload = 1k\nipv6_prefix = 48\n"
-        "[cluster]\nlease = 1m\n", env);
+        "max_connections_per_ip = 3\nmessages_per_second = 10\n"
+        "[origin]\nallow = https://a.example\n"
+        "[jwt]\nsources = query:t\nforward_token = yes\n"
+        "[cluster]\nlease = 1m\n"
+        "[route /r]\nbytes_per_second = 1k\nallow_missing = yes\n", env);
     struct msgs m = { .n = 0 };
 
     (void)state;
     assert_string_equal(c->user, "daemon");
     assert_null(c->admin_listen);
-    assert_int_equal(config_unsupported(c, collect, &m), 4);
+    /* Implemented keys are stored and not reported. */
+    assert_true(c->proxy_protocol);
+    assert_int_equal(c->trusted_proxies.n, 2);
+    assert_int_equal(c->write_timeout_ms, 60000);
+    assert_int_equal(c->global.ipv6_prefix, 48);
+    assert_int_equal(c->global.max_connections_per_ip, 3);
+    assert_int_equal(c->nroutes, 1);
+    assert_int_equal(c->routes[0].p.bytes_per_second, 1024);
+    /* Still unsupported: [server] user (first line that set it),
+     * [cluster] lease, [admin] listen (from the environment, last). */
+    assert_int_equal(config_unsupported(c, collect, &m), 3);
+    assert_int_equal(m.n, 3);
     assert_string_equal(m.v[0], "t.ini:2: [server] user: not supported "
                         "yet");
-    assert_string_equal(m.v[1], "t.ini:7: [limits] ipv6_prefix: not "
-                        "supported yet");
-    assert_string_equal(m.v[2], "t.ini:9: [cluster] lease: not supported "
+    assert_string_equal(m.v[1], "t.ini:19: [cluster] lease: not supported "
                         "yet");
-    assert_string_equal(m.v[3], "env WSGUARD_ADMIN_LISTEN: [admin] "
+    assert_string_equal(m.v[2], "env WSGUARD_ADMIN_LISTEN: [admin] "
                         "listen: not supported yet");
+    /* Without a callback it only counts. */
+    assert_int_equal(config_unsupported(c, NULL, NULL), 3);
+    config_unref(c);
+
+    /* [tls] mTLS keys are still unsupported too. */
+    c = load_ok("[tls]\nclient_verify = off\n", NULL);
+    m.n = 0;
+    assert_int_equal(config_unsupported(c, collect, &m), 1);
+    assert_msg(&m, "t.ini:2: [tls] client_verify: not supported yet");
     config_unref(c);
 }
 
