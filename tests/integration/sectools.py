@@ -131,8 +131,10 @@ def es256_raw_signer(ec_key):
 PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-def proxy_v1(src, dst="127.0.0.1", sport=40000, dport=443):
+def proxy_v1(src, dst=None, sport=40000, dport=443):
     fam = "TCP6" if ":" in src else "TCP4"
+    if dst is None:
+        dst = "::1" if fam == "TCP6" else "127.0.0.1"
     return ("PROXY %s %s %s %d %d\r\n" % (fam, src, dst, sport, dport)).encode()
 
 
