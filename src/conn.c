@@ -583,6 +583,17 @@ side_write(struct side *s, const void *p, size_t n)
     }
 }
 
+/* A read loop stopped at READS_PER_EVENT with bytes still inside
+ * OpenSSL: the socket will not announce them, so queue the event again
+ * (it runs after the other connections' events: fairness is kept). */
+static void
+side_refeed(struct conn *c, struct side *s, int i)
+{
+    if (i == READS_PER_EVENT && s->fd != -1 && s->ssl &&
+        SSL_has_pending(s->ssl))
+        ev_feed_event(c->w->loop, &s->rd, EV_READ);
+}
+
 static void
 io_set(struct ev_loop *loop, ev_io *io, int on)
 {
@@ -640,6 +651,7 @@ conn_linger(struct conn *c)
         if (n == 0)
             return;
     }
+    side_refeed(c, &c->cli, READS_PER_EVENT);
 }
 
 static void
@@ -754,6 +766,12 @@ conn_client_from_xff(struct conn *c)
     if (ip_key_from_text(ip, strlen(ip), (unsigned)c->pol->ipv6_prefix,
                          &k) != 0)
         return;
+    if (c->ip_counted) {
+        /* Counted under the proxy's address (a PROXY header without
+         * one): move the slot to the client it names. */
+        iplimit_release(worker_iplimit, &c->ip);
+        c->ip_counted = 0;
+    }
     c->ip = k;
     snprintf(c->client_ip, sizeof c->client_ip, "%s", ip);
 }
@@ -997,6 +1015,7 @@ conn_req_read(struct conn *c)
         conn_policy(c);
         return;
     }
+    side_refeed(c, &c->cli, READS_PER_EVENT);
 }
 
 static void
@@ -1740,7 +1759,13 @@ dir_process(struct conn *c, struct dir *d)
         dir_skip(c, d);
         return;
     }
+    uint32_t before = d->b->parsed;
     int code = dir_parse(c, d);
+    /* Activity for idle_timeout is what gets relayed: the pong to
+     * wsguard's own ping is consumed without advancing parsed, so
+     * heartbeats alone never keep an idle session open. */
+    if (d->b->parsed != before)
+        c->last_activity = ev_now(c->w->loop);
     if (code == 0)
         return;
     /* A peer that broke the protocol is not waited for: it may be inside
@@ -1769,8 +1794,9 @@ static void
 dir_pump(struct conn *c, struct dir *d)
 {
     struct side *src = d->src;
+    int i;
 
-    for (int i = 0; i < READS_PER_EVENT && src->fd != -1 && !src->eof; i++) {
+    for (i = 0; i < READS_PER_EVENT && src->fd != -1 && !src->eof; i++) {
         if (d->b == NULL && (d->b = worker_buf_get(c->w)) == NULL) {
             relay_fail(c, WS_CLOSE_INTERNAL, WS_CLOSE_INTERNAL,
                        "out of memory", "wsguard");
@@ -1796,14 +1822,18 @@ dir_pump(struct conn *c, struct dir *d)
         b->last += (uint32_t)n;
         if (d->mode == DIR_RELAY)
             d->bytes += (uint64_t)n;
-        c->last_activity = ev_now(c->w->loop);
         if (d->from_client)
-            c->cli_rx = c->last_activity;
+            c->cli_rx = ev_now(c->w->loop);
         dir_process(c, d);
         dir_flush(c, d);
-        if (src->ssl == NULL && (size_t)n < room)
-            break;              /* the socket is drained */
+        /* A short read drained the socket (level-triggered epoll tells
+         * us when more comes); with TLS only if OpenSSL holds nothing
+         * either. This saves a read(2) that would return EAGAIN. */
+        if ((size_t)n < room &&
+            (src->ssl == NULL || !SSL_has_pending(src->ssl)))
+            break;
     }
+    side_refeed(c, src, i);
 }
 
 static void
@@ -1947,8 +1977,9 @@ side_watch(struct conn *c, struct side *s, int rd, int wr)
     int was_rd = ev_is_active(&s->rd);
     io_set(loop, &s->rd, rd);
     io_set(loop, &s->wr, wr);
-    /* OpenSSL may hold decrypted bytes the socket will never announce. */
-    if (rd && !was_rd && s->ssl && SSL_pending(s->ssl) > 0)
+    /* OpenSSL may hold bytes (decrypted, or records read ahead) that
+     * the socket will never announce again. */
+    if (rd && !was_rd && s->ssl && SSL_has_pending(s->ssl))
         ev_feed_event(loop, &s->rd, EV_READ);
 }
 

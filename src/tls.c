@@ -56,6 +56,11 @@ tls_ctx_new(const struct config *cfg, char *err, size_t cap)
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS |
                               SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Read-ahead: one read(2) fetches as many records as the socket
+     * holds, instead of two reads (header, body) per record. The relay
+     * then checks SSL_has_pending(), since those bytes no longer show up
+     * as socket readiness. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
         tls_err(err, cap, "cannot load certificate chain", cfg->tls_cert);
         goto fail;
