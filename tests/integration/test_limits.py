@@ -543,6 +543,30 @@ def test_write_timeout_non_reading_client(raw_backend_factory, wsguard_factory):
     assert wsg.alive()
 
 
+def test_write_timeout_cut_releases_session_promptly(raw_backend_factory, wsguard_factory):
+    """Once the stalled client is dropped, wsguard keeps reading (and
+    discarding) what the backend sends, so the backend's answer to the 1001
+    close frame is seen and the session ends; it does not sit out
+    close_timeout with the backend's stream unread."""
+    rb = raw_backend_factory("flood")
+    wsg = wsguard_factory(rb.url, SERVER_WRITE_TIMEOUT="1s", SERVER_CLOSE_TIMEOUT="5s",
+                          SERVER_DRAIN_TIMEOUT="1s")
+    ws = raw_client(wsg)            # never reads
+    try:
+        close = rb.wait(lambda e: e["event"] == "close", timeout=10)
+        assert close["code"] == 1001, close
+        log = session_log(wsg, timeout=10)
+        t_log = time.monotonic()
+        assert "not reading" in (log.get("reason") or ""), log
+        t_close = [e for e in rb.events() if e["event"] == "close"][0]["t"]
+        assert t_log - t_close < 2.5, (
+            "the session ended %.1fs after the backend got its close frame "
+            "(close_timeout is 5s): the backend's close reply, queued behind "
+            "its data, was not read" % (t_log - t_close))
+    finally:
+        ws.close()
+
+
 # --------------------------------------------------------------------------
 # max_connections
 
@@ -562,7 +586,8 @@ def test_max_connections_503(backend, wsguard_factory):
         assert len(backend.opens()) == 2
         # a slot freed is usable again
         a.send_close(1000)
-        a.expect_close(timeout=5)
+        assert a.expect_close(timeout=5).tcp_closed
+        a.close()                   # wsguard lingers for our FIN
         session_log(wsg)
         deadline = time.monotonic() + 5
         while True:                 # the refused connection may still linger
