@@ -125,6 +125,51 @@ struct dir {
     uint64_t bytes, msgs;       /* relayed in this direction */
 };
 
+/*
+ * What only the handshake needs (about 2.7 KiB with the header array):
+ * one allocation at accept, freed when the relay starts, so an idle
+ * session keeps none of it.
+ */
+struct hs {
+    char *head;                 /* client request head, max_header_bytes */
+    size_t head_len;
+    size_t head_used;           /* length of the parsed head */
+    struct http_request req;
+    struct http_header hdrs[MAX_HEADERS];
+    struct upgrade_req ureq;
+    char be_key[UPGRADE_KEY_LEN + 1];
+    char *out;                  /* bytes being written (request/101/refusal) */
+    size_t out_len, out_off;
+    char *bhead;                /* backend response head */
+    size_t bhead_len;
+    unsigned be_tries;
+    const struct backend_addr *be_addr;
+
+    /* The token and what the backend request changes because of it. */
+    struct jwt_token tok;       /* points into head */
+    char *target;               /* request target sent on (token cut) */
+    size_t target_len;
+    char *extra;                /* header lines added for the backend */
+    size_t extra_len;
+    const char *drop[16];       /* header names removed for the backend */
+    size_t ndrop;
+    char *owned_drop;           /* a drop name we allocated */
+};
+
+static void
+hs_free(struct hs *h)
+{
+    if (h == NULL)
+        return;
+    free(h->head);
+    free(h->out);
+    free(h->bhead);
+    free(h->target);
+    free(h->extra);
+    free(h->owned_drop);
+    free(h);
+}
+
 struct conn {
     struct worker *w;
     struct runtime *rt;         /* reference held */
@@ -156,33 +201,11 @@ struct conn {
     unsigned peer_trusted : 1;  /* peer in [server] trusted_proxies */
     unsigned addr_final : 1;    /* client address known (PROXY header) */
 
-    /* Token and what the backend request changes because of it. */
-    struct jwt_token tok;       /* points into head */
     int64_t tok_exp;            /* exp of a verified token, 0 = none */
     int64_t tok_leeway;
     char *sub;
-    char *target;               /* request target sent on (token cut) */
-    size_t target_len;
-    char *extra;                /* header lines added for the backend */
-    size_t extra_len;
-    const char *drop[16];       /* header names removed for the backend */
-    size_t ndrop;
-    char *owned_drop;           /* a drop name we allocated */
 
-    /* Handshake only; all NULL once relaying. */
-    char *head;                 /* client request head, max_header_bytes */
-    size_t head_len;
-    size_t head_used;           /* length of the parsed head */
-    struct http_request req;
-    struct http_header hdrs[MAX_HEADERS];
-    struct upgrade_req ureq;
-    char be_key[UPGRADE_KEY_LEN + 1];
-    char *out;                  /* bytes being written (request/101/refusal) */
-    size_t out_len, out_off;
-    char *bhead;                /* backend response head */
-    size_t bhead_len;
-    unsigned be_tries;
-    const struct backend_addr *be_addr;
+    struct hs *hs;              /* handshake state; NULL once relaying */
 
     /* For the access log. */
     char why_buf[96];           /* reason text built at run time */
@@ -474,15 +497,11 @@ conn_free(struct conn *c)
         worker_buf_put(w, c->up.b);
     if (c->down.b)
         worker_buf_put(w, c->down.b);
-    free(c->head);
-    free(c->out);
-    free(c->bhead);
+    hs_free(c->hs);
+    c->hs = NULL;
     free(c->path);
     free(c->origin);
     free(c->sub);
-    free(c->target);
-    free(c->extra);
-    free(c->owned_drop);
     if (c->ip_counted)
         iplimit_release(worker_iplimit, &c->ip);
     if (c->prev)
@@ -606,19 +625,19 @@ io_set(struct ev_loop *loop, ev_io *io, int on)
 /* ------------------------------------------------------------------ */
 /* Handshake phase                                                     */
 
-/* Write c->out to side s. Returns 1 when all is written, 0 when blocked,
+/* Write c->hs->out to side s. Returns 1 when all is written, 0 when blocked,
  * -1 on error. */
 static int
 out_flush(struct conn *c, struct side *s)
 {
-    while (c->out_off < c->out_len) {
-        ssize_t n = side_write(s, c->out + c->out_off,
-                               c->out_len - c->out_off);
+    while (c->hs->out_off < c->hs->out_len) {
+        ssize_t n = side_write(s, c->hs->out + c->hs->out_off,
+                               c->hs->out_len - c->hs->out_off);
         if (n < 0)
             return -1;
         if (n == 0)
             return 0;
-        c->out_off += (size_t)n;
+        c->hs->out_off += (size_t)n;
     }
     s->wblocked = 0;
     return 1;
@@ -679,15 +698,15 @@ conn_refuse(struct conn *c, int status, const char *reason)
     log_info("refused %s: %d %s", c->client_ip, status, reason);
     side_close(c, &c->be);
     int n = upgrade_refusal(buf, sizeof buf, status, NULL, 0);
-    free(c->out);
-    c->out = NULL;
-    if (n <= 0 || (c->out = malloc((size_t)n)) == NULL) {
+    free(c->hs->out);
+    c->hs->out = NULL;
+    if (n <= 0 || (c->hs->out = malloc((size_t)n)) == NULL) {
         c->dead = 1;
         return;
     }
-    memcpy(c->out, buf, (size_t)n);
-    c->out_len = (size_t)n;
-    c->out_off = 0;
+    memcpy(c->hs->out, buf, (size_t)n);
+    c->hs->out_len = (size_t)n;
+    c->hs->out_off = 0;
     conn_set_state(c, CS_REFUSING);
     conn_refusing_io(c);
 }
@@ -746,8 +765,8 @@ conn_client_from_xff(struct conn *c)
     char joined[2048], ip[INET6_ADDRSTRLEN + 8];
     size_t len = 0;
 
-    for (size_t i = 0; i < c->req.nheaders; i++) {
-        const struct http_header *h = &c->req.headers[i];
+    for (size_t i = 0; i < c->hs->req.nheaders; i++) {
+        const struct http_header *h = &c->hs->req.headers[i];
         if (!http_eq(h->name, h->name_len, "x-forwarded-for"))
             continue;
         if (len + h->value_len + 2 > sizeof joined)
@@ -790,24 +809,24 @@ strcat_alloc(char *a, size_t *alen, const char *b, size_t blen)
     return n;
 }
 
-/* Append "Name: value\r\n" to c->extra and remove the client's header of
+/* Append "Name: value\r\n" to c->hs->extra and remove the client's header of
  * that name (it is replaced). */
 static int
 conn_replace_header(struct conn *c, const char *name, const char *v,
                     size_t vlen)
 {
-    if (c->ndrop < sizeof c->drop / sizeof c->drop[0])
-        c->drop[c->ndrop++] = name;
+    if (c->hs->ndrop < sizeof c->hs->drop / sizeof c->hs->drop[0])
+        c->hs->drop[c->hs->ndrop++] = name;
     if (vlen == 0)
         return 0;
-    c->extra = strcat_alloc(c->extra, &c->extra_len, name, strlen(name));
-    if (c->extra)
-        c->extra = strcat_alloc(c->extra, &c->extra_len, ": ", 2);
-    if (c->extra)
-        c->extra = strcat_alloc(c->extra, &c->extra_len, v, vlen);
-    if (c->extra)
-        c->extra = strcat_alloc(c->extra, &c->extra_len, "\r\n", 2);
-    return c->extra ? 0 : -1;
+    c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, name, strlen(name));
+    if (c->hs->extra)
+        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, ": ", 2);
+    if (c->hs->extra)
+        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, v, vlen);
+    if (c->hs->extra)
+        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, "\r\n", 2);
+    return c->hs->extra ? 0 : -1;
 }
 
 /* [jwt]: find, verify, and keep the token away from the backend and the
@@ -819,14 +838,14 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
     char buf[8192];
     const char *why = NULL;
 
-    int r = jwt_extract(v, &c->req, &c->tok);
+    int r = jwt_extract(v, &c->hs->req, &c->hs->tok);
     if (r <= 0) {
         conn_refuse(c, 401, r == 0 ? "token missing" : "token too large");
         return -1;
     }
-    if (c->tok.source == JWT_SRC_QUERY) {
+    if (c->hs->tok.source == JWT_SRC_QUERY) {
         /* The log never shows the token, whatever forward_token says. */
-        int n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        int n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
         if (n < 0) {
             conn_refuse(c, 401, "malformed token");
             return -1;
@@ -834,13 +853,13 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
         free(c->path);
         c->path = dupn(buf, (size_t)n);
         if (!p->jwt_forward_token)
-            c->target = dupn(buf, (size_t)n), c->target_len = (size_t)n;
+            c->hs->target = dupn(buf, (size_t)n), c->hs->target_len = (size_t)n;
     } else {
         free(c->path);
-        c->path = dupn(c->req.target, c->req.target_len);
+        c->path = dupn(c->hs->req.target, c->hs->req.target_len);
     }
     struct jwt_result res;
-    if (jwt_verify(v, c->tok.tok, c->tok.len, (int64_t)ev_now(c->w->loop),
+    if (jwt_verify(v, c->hs->tok.tok, c->hs->tok.len, (int64_t)ev_now(c->w->loop),
                    &res, &why) != 0) {
         conn_refuse(c, 401, why ? why : "invalid token");
         return -1;
@@ -857,10 +876,10 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
         conn_refuse(c, 401, "claims too large");
         return -1;
     }
-    c->ndrop = jwt_claim_header_names(v, c->drop, 8);
+    c->hs->ndrop = jwt_claim_header_names(v, c->hs->drop, 8);
     if (n > 0) {
-        c->extra = strcat_alloc(c->extra, &c->extra_len, buf, (size_t)n);
-        if (c->extra == NULL) {
+        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, buf, (size_t)n);
+        if (c->hs->extra == NULL) {
             conn_refuse(c, 503, "out of memory");
             return -1;
         }
@@ -868,29 +887,29 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
     if (p->jwt_forward_token)
         return 0;
     int rc = 0;
-    switch (c->tok.source) {
+    switch (c->hs->tok.source) {
     case JWT_SRC_HEADER:
-        if (c->ndrop < sizeof c->drop / sizeof c->drop[0]) {
+        if (c->hs->ndrop < sizeof c->hs->drop / sizeof c->hs->drop[0]) {
             /* The header's name, NUL-terminated, lives in extra's
              * neighbour: copy it into the policy-independent drop list. */
             static const char authz[] = "authorization";
-            c->drop[c->ndrop++] =
-                http_eq(c->tok.header->name, c->tok.header->name_len, authz)
+            c->hs->drop[c->hs->ndrop++] =
+                http_eq(c->hs->tok.header->name, c->hs->tok.header->name_len, authz)
                     ? authz : NULL;
-            if (c->drop[c->ndrop - 1] == NULL) {
-                char *name = dupn(c->tok.header->name,
-                                  c->tok.header->name_len);
-                c->drop[c->ndrop - 1] = name;
-                c->owned_drop = name;
+            if (c->hs->drop[c->hs->ndrop - 1] == NULL) {
+                char *name = dupn(c->hs->tok.header->name,
+                                  c->hs->tok.header->name_len);
+                c->hs->drop[c->hs->ndrop - 1] = name;
+                c->hs->owned_drop = name;
             }
         }
         break;
     case JWT_SRC_COOKIE:
-        n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
         rc = n < 0 ? -1 : conn_replace_header(c, "Cookie", buf, (size_t)n);
         break;
     case JWT_SRC_PROTOCOL:
-        n = jwt_strip(&c->tok, &c->req, buf, sizeof buf);
+        n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
         rc = n < 0 ? -1 : conn_replace_header(c, "Sec-WebSocket-Protocol",
                                               buf, (size_t)n);
         break;
@@ -904,13 +923,13 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
     return 0;
 }
 
-/* The complete request head is in c->head[0..c->head_used). Every check
+/* The complete request head is in c->hs->head[0..c->hs->head_used). Every check
  * runs here, before any backend is contacted. */
 static void
 conn_policy(struct conn *c)
 {
     const struct config *cfg = cfg_of(c);
-    const struct http_request *req = &c->req;
+    const struct http_request *req = &c->hs->req;
     const char *reason = NULL;
 
     /* Until the token's place is known the log gets no query string. */
@@ -924,12 +943,12 @@ conn_policy(struct conn *c)
         c->origin = dupn(o->value, o->value_len < ORIGIN_MAX
                                        ? o->value_len : ORIGIN_MAX);
 
-    int status = upgrade_check(req, &c->ureq, &reason);
+    int status = upgrade_check(req, &c->hs->ureq, &reason);
     if (status != 0) {
         conn_refuse(c, status, reason);
         return;
     }
-    c->pol = config_route(cfg, c->ureq.path, c->ureq.path_len, &c->route);
+    c->pol = config_route(cfg, c->hs->ureq.path, c->hs->ureq.path_len, &c->route);
     if (c->pol == NULL) {
         conn_refuse(c, 404, "no route");
         return;
@@ -968,7 +987,7 @@ conn_policy(struct conn *c)
         free(c->path);
         c->path = dupn(req->target, req->target_len);
     }
-    c->be_tries = 0;
+    c->hs->be_tries = 0;
     be_connect(c);
 }
 
@@ -977,30 +996,30 @@ conn_req_read(struct conn *c)
 {
     size_t cap = (size_t)cfg_of(c)->max_header_bytes;
 
-    if (c->head == NULL && (c->head = malloc(cap + 1)) == NULL) {
+    if (c->hs->head == NULL && (c->hs->head = malloc(cap + 1)) == NULL) {
         c->dead = 1;
         return;
     }
     for (int i = 0; i < READS_PER_EVENT; i++) {
-        if (c->head_len >= cap) {
+        if (c->hs->head_len >= cap) {
             conn_refuse(c, 431, "request head too large");
             return;
         }
-        size_t last = c->head_len;
-        ssize_t n = side_read(&c->cli, c->head + c->head_len,
-                              cap - c->head_len);
+        size_t last = c->hs->head_len;
+        ssize_t n = side_read(&c->cli, c->hs->head + c->hs->head_len,
+                              cap - c->hs->head_len);
         if (n < 0) {
-            c->reason = c->head_len ? "client closed during request"
+            c->reason = c->hs->head_len ? "client closed during request"
                                     : "client closed before request";
             c->dead = 1;
             return;
         }
         if (n == 0)
             return;
-        c->head_len += (size_t)n;
-        c->req.headers = c->hdrs;
-        c->req.nheaders = MAX_HEADERS;
-        int r = http_parse_request(c->head, c->head_len, last, &c->req);
+        c->hs->head_len += (size_t)n;
+        c->hs->req.headers = c->hs->hdrs;
+        c->hs->req.nheaders = MAX_HEADERS;
+        int r = http_parse_request(c->hs->head, c->hs->head_len, last, &c->hs->req);
         if (r == HTTP_INCOMPLETE)
             continue;
         if (r == HTTP_ERROR) {
@@ -1011,7 +1030,7 @@ conn_req_read(struct conn *c)
             conn_refuse(c, 431, "too many header lines");
             return;
         }
-        c->head_used = (size_t)r;
+        c->hs->head_used = (size_t)r;
         conn_policy(c);
         return;
     }
@@ -1078,12 +1097,12 @@ conn_begin(struct conn *c)
 static void
 conn_proxy_read(struct conn *c)
 {
-    if (c->head == NULL && (c->head = malloc(PROXY_MAX)) == NULL) {
+    if (c->hs->head == NULL && (c->hs->head = malloc(PROXY_MAX)) == NULL) {
         c->dead = 1;
         return;
     }
-    ssize_t n = recv(c->cli.fd, c->head + c->head_len,
-                     PROXY_MAX - c->head_len, MSG_PEEK);
+    ssize_t n = recv(c->cli.fd, c->hs->head + c->hs->head_len,
+                     PROXY_MAX - c->hs->head_len, MSG_PEEK);
     if (n == -1 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -1091,16 +1110,16 @@ conn_proxy_read(struct conn *c)
         c->dead = 1;
         return;
     }
-    size_t have = c->head_len + (size_t)n;
+    size_t have = c->hs->head_len + (size_t)n;
     struct sockaddr_storage ss;
-    int r = proxy_parse((const uint8_t *)c->head, have, &ss);
+    int r = proxy_parse((const uint8_t *)c->hs->head, have, &ss);
     if (r == PROXY_INCOMPLETE && have < PROXY_MAX) {
         /* Everything so far belongs to the header: take it out. */
-        if (recv(c->cli.fd, c->head + c->head_len, (size_t)n, 0) != n) {
+        if (recv(c->cli.fd, c->hs->head + c->hs->head_len, (size_t)n, 0) != n) {
             c->dead = 1;
             return;
         }
-        c->head_len = have;
+        c->hs->head_len = have;
         return;
     }
     if (r <= 0) {
@@ -1109,14 +1128,14 @@ conn_proxy_read(struct conn *c)
         c->dead = 1;
         return;
     }
-    size_t rest = (size_t)r - c->head_len;
-    if (recv(c->cli.fd, c->head + c->head_len, rest, 0) != (ssize_t)rest) {
+    size_t rest = (size_t)r - c->hs->head_len;
+    if (recv(c->cli.fd, c->hs->head + c->hs->head_len, rest, 0) != (ssize_t)rest) {
         c->dead = 1;
         return;
     }
-    free(c->head);
-    c->head = NULL;
-    c->head_len = 0;
+    free(c->hs->head);
+    c->hs->head = NULL;
+    c->hs->head_len = 0;
     if (c->peer_trusted && ss.ss_family != AF_UNSPEC) {
         addr_text((struct sockaddr *)&ss, c->client_ip, sizeof c->client_ip);
         ip_key_from_sockaddr((struct sockaddr *)&ss,
@@ -1135,9 +1154,9 @@ be_pick(struct conn *c)
     const struct policy *p = c->pol;
     if (p->nbackends == 0)
         return NULL;
-    if (c->be_tries == 0)
+    if (c->hs->be_tries == 0)
         c->w->be_next++;
-    return &p->backends[(c->w->be_next + c->be_tries) % p->nbackends];
+    return &p->backends[(c->w->be_next + c->hs->be_tries) % p->nbackends];
 }
 
 static void
@@ -1145,8 +1164,8 @@ be_failed(struct conn *c, const char *why)
 {
     side_close(c, &c->be);
     c->be.eof = 0;
-    c->be_tries++;
-    if (c->be_tries < c->pol->nbackends) {
+    c->hs->be_tries++;
+    if (c->hs->be_tries < c->pol->nbackends) {
         log_warn("backend connect failed (%s), trying the next one", why);
         be_connect(c);
         return;
@@ -1160,7 +1179,7 @@ be_connect(struct conn *c)
     const struct backend_addr *be = be_pick(c);
     struct sockaddr_storage ss;
 
-    c->be_addr = be;
+    c->hs->be_addr = be;
     socklen_t sl;
 
     if (be == NULL || runtime_resolve(c->rt, be, &ss, &sl) != 0) {
@@ -1200,33 +1219,33 @@ be_connected(struct conn *c)
         be_failed(c, "backend unreachable");
         return;
     }
-    const struct backend_addr *be = c->be_addr;
+    const struct backend_addr *be = c->hs->be_addr;
     struct upgrade_fwd f = {0};
-    upgrade_new_key(c->be_key);
+    upgrade_new_key(c->hs->be_key);
     f.backend = be;
-    f.target = c->target ? c->target : c->req.target;
-    f.target_len = c->target ? c->target_len : c->req.target_len;
+    f.target = c->hs->target ? c->hs->target : c->hs->req.target;
+    f.target_len = c->hs->target ? c->hs->target_len : c->hs->req.target_len;
     f.client_ip = c->peer_ip;
     f.real_ip = c->client_ip;
     f.client_tls = c->cli.ssl != NULL;
     f.add_forwarded = c->pol->forwarded_headers;
     f.trusted_peer = c->peer_trusted;
-    f.key = c->be_key;
-    f.drop = c->drop;
-    f.ndrop = c->ndrop;
-    f.extra = c->extra;
-    f.extra_len = c->extra_len;
-    size_t cap = c->head_used + c->extra_len + c->ureq.host_len + 2048 +
+    f.key = c->hs->be_key;
+    f.drop = c->hs->drop;
+    f.ndrop = c->hs->ndrop;
+    f.extra = c->hs->extra;
+    f.extra_len = c->hs->extra_len;
+    size_t cap = c->hs->head_used + c->hs->extra_len + c->hs->ureq.host_len + 2048 +
                  strlen(be->path_prefix);
-    free(c->out);
-    c->out = malloc(cap);
-    int n = c->out ? upgrade_backend_request(c->out, cap, &c->req, &f) : -1;
+    free(c->hs->out);
+    c->hs->out = malloc(cap);
+    int n = c->hs->out ? upgrade_backend_request(c->hs->out, cap, &c->hs->req, &f) : -1;
     if (n < 0) {
         conn_refuse(c, 502, "backend request too large");
         return;
     }
-    c->out_len = (size_t)n;
-    c->out_off = 0;
+    c->hs->out_len = (size_t)n;
+    c->hs->out_off = 0;
     conn_set_state(c, CS_BE_SEND);
     int r = out_flush(c, &c->be);
     if (r < 0)
@@ -1238,26 +1257,26 @@ be_connected(struct conn *c)
 static void
 be_read_response(struct conn *c)
 {
-    if (c->bhead == NULL && (c->bhead = malloc(BE_HEAD_MAX)) == NULL) {
+    if (c->hs->bhead == NULL && (c->hs->bhead = malloc(BE_HEAD_MAX)) == NULL) {
         conn_refuse(c, 502, "out of memory");
         return;
     }
-    size_t last = c->bhead_len;
-    ssize_t n = side_read(&c->be, c->bhead + c->bhead_len,
-                          BE_HEAD_MAX - c->bhead_len);
+    size_t last = c->hs->bhead_len;
+    ssize_t n = side_read(&c->be, c->hs->bhead + c->hs->bhead_len,
+                          BE_HEAD_MAX - c->hs->bhead_len);
     if (n == 0)
         return;
     if (n < 0) {
         conn_refuse(c, 502, "backend closed during upgrade");
         return;
     }
-    c->bhead_len += (size_t)n;
+    c->hs->bhead_len += (size_t)n;
 
     struct http_header h[MAX_HEADERS];
     struct http_response resp = {.headers = h, .nheaders = MAX_HEADERS};
-    int r = http_parse_response(c->bhead, c->bhead_len, last, &resp);
+    int r = http_parse_response(c->hs->bhead, c->hs->bhead_len, last, &resp);
     if (r == HTTP_INCOMPLETE) {
-        if (c->bhead_len == BE_HEAD_MAX)
+        if (c->hs->bhead_len == BE_HEAD_MAX)
             conn_refuse(c, 502, "backend response head too large");
         return;
     }
@@ -1274,43 +1293,43 @@ be_read_response(struct conn *c)
         conn_refuse(c, st, "backend refused the upgrade");
         return;
     }
-    if (upgrade_check_response(&resp, c->be_key, &c->req, &proto, &proto_len,
+    if (upgrade_check_response(&resp, c->hs->be_key, &c->hs->req, &proto, &proto_len,
                                &reason) != 0) {
         conn_refuse(c, 502, reason ? reason : "invalid 101 from backend");
         return;
     }
     /* Bytes after the 101 head are the backend's first frames. */
-    size_t extra = c->bhead_len - (size_t)r;
+    size_t extra = c->hs->bhead_len - (size_t)r;
     if (extra > 0) {
         c->down.b = worker_buf_get(c->w);
         if (c->down.b == NULL || extra > BUF_SIZE) {
             conn_refuse(c, 502, "backend sent too much early data");
             return;
         }
-        memcpy(c->down.b->data, c->bhead + r, extra);
+        memcpy(c->down.b->data, c->hs->bhead + r, extra);
         c->down.b->last = (uint32_t)extra;
     }
     char buf[1024];
     char key[UPGRADE_KEY_LEN + 1];
-    memcpy(key, c->ureq.key, UPGRADE_KEY_LEN);
+    memcpy(key, c->hs->ureq.key, UPGRADE_KEY_LEN);
     key[UPGRADE_KEY_LEN] = '\0';
-    if (proto == NULL && c->tok.source == JWT_SRC_PROTOCOL &&
+    if (proto == NULL && c->hs->tok.source == JWT_SRC_PROTOCOL &&
         !c->pol->jwt_forward_token) {
         /* Browsers fail a handshake that answers none of the protocols
          * they offered; the token entry is the one we can answer. */
-        proto = c->tok.entry;
-        proto_len = c->tok.entry_len;
+        proto = c->hs->tok.entry;
+        proto_len = c->hs->tok.entry_len;
     }
     int m = upgrade_client_response(buf, sizeof buf, key, proto, proto_len);
-    free(c->out);
-    c->out = m > 0 ? malloc((size_t)m) : NULL;
-    if (c->out == NULL) {
+    free(c->hs->out);
+    c->hs->out = m > 0 ? malloc((size_t)m) : NULL;
+    if (c->hs->out == NULL) {
         conn_refuse(c, 502, "invalid subprotocol");
         return;
     }
-    memcpy(c->out, buf, (size_t)m);
-    c->out_len = (size_t)m;
-    c->out_off = 0;
+    memcpy(c->hs->out, buf, (size_t)m);
+    c->hs->out_len = (size_t)m;
+    c->hs->out_off = 0;
     conn_set_state(c, CS_CLI_101);
     int w = out_flush(c, &c->cli);
     if (w < 0) {
@@ -1841,10 +1860,6 @@ relay_start(struct conn *c)
 {
     const struct policy *p = c->pol;
 
-    free(c->out);
-    c->out = NULL;
-    free(c->bhead);
-    c->bhead = NULL;
     c->relayed = 1;
     c->last_activity = c->cli_rx = ev_now(c->w->loop);
     bucket_init(&c->b_msgs, p->message_burst ? (double)p->message_burst
@@ -1861,21 +1876,21 @@ relay_start(struct conn *c)
         dir_flush(c, &c->down);
     }
     /* The client may have sent frames right behind its request. */
-    size_t extra = c->head_len - c->head_used;
+    size_t extra = c->hs->head_len - c->hs->head_used;
     if (extra > 0) {
         if (extra > BUF_SIZE || (c->up.b = worker_buf_get(c->w)) == NULL) {
             relay_fail(c, WS_CLOSE_PROTOCOL, WS_CLOSE_GOING_AWAY,
                        "too much data before the upgrade", "wsguard");
         } else {
-            memcpy(c->up.b->data, c->head + c->head_used, extra);
+            memcpy(c->up.b->data, c->hs->head + c->hs->head_used, extra);
             c->up.b->last = (uint32_t)extra;
             c->up.bytes += extra;
             dir_process(c, &c->up);
             dir_flush(c, &c->up);
         }
     }
-    free(c->head);
-    c->head = NULL;
+    hs_free(c->hs);
+    c->hs = NULL;
 }
 
 /* The close handshake with s is complete: send our end of the stream
@@ -1918,6 +1933,9 @@ relay_settle(struct conn *c)
             continue;
         int abnormal = !(s->sent_close && s->got_close);
         side_close(c, s);
+        /* What was waiting for it is dropped, which makes room to keep
+         * reading the other side (and see its close reply). */
+        dir_flush(c, out);
         if (!abnormal)
             continue;
         /* It vanished without the close handshake: the other side is
@@ -2163,6 +2181,12 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
         return;
     }
     c->w = w;
+    c->hs = calloc(1, sizeof *c->hs);
+    if (c->hs == NULL) {
+        free(c);
+        close(fd);
+        return;
+    }
     c->rt = runtime_ref(w->rt);
     c->started = c->last_activity = ev_now(w->loop);
     c->cli.fd = fd;
