@@ -29,6 +29,18 @@ extern char **environ;
 static struct worker *workers;
 static unsigned nworkers;
 static const char *config_path = DEFAULT_CONFIG;
+static int config_given;        /* -c was used */
+
+/* A sidecar may run on environment variables alone: without -c and
+ * without the default file, wsguard starts from the built-in defaults
+ * plus WSGUARD_* overrides. A file named with -c must exist. */
+static const char *
+config_source(void)
+{
+    if (!config_given && access(config_path, F_OK) == -1)
+        return NULL;
+    return config_path;
+}
 
 static void
 usage(FILE *f)
@@ -104,8 +116,8 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     if (w->signum == SIGHUP) {
         int errors = 0;
-        struct config *cfg = config_load(config_path, environ, log_err_cb,
-                                         &errors);
+        struct config *cfg = config_load(config_source(), environ,
+                                         log_err_cb, &errors);
         if (cfg == NULL) {
             log_error("reload failed (%d errors): keeping the running "
                       "configuration", errors);
@@ -150,6 +162,7 @@ main(int argc, char **argv)
         switch (opt) {
         case 'c':
             config_path = optarg;
+            config_given = 1;
             break;
         case 't':
             check = 1;
@@ -172,8 +185,10 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int errors = 0;
-    struct config *cfg = config_load(config_path, environ, print_err,
-                                     &errors);
+    if (config_source() == NULL)
+        config_path = "(environment)";
+    struct config *cfg = config_load(config_source() ? config_path : NULL,
+                                     environ, print_err, &errors);
     if (cfg == NULL) {
         fprintf(stderr, "%s: %d error%s\n", config_path, errors,
                 errors == 1 ? "" : "s");
