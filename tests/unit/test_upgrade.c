@@ -24,42 +24,7 @@
 
 #define MAXH 32
 
-/* ---- guard page */
-
-static char *guard_base;
-static size_t guard_page;
-
-static int
-guard_setup(void **state)
-{
-    (void)state;
-    guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base = mmap(NULL, 4 * guard_page, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_base == MAP_FAILED)
-        return -1;
-    if (mprotect(guard_base + 3 * guard_page, guard_page, PROT_NONE) == -1)
-        return -1;
-    return 0;
-}
-
-static int
-guard_teardown(void **state)
-{
-    (void)state;
-    munmap(guard_base, 4 * guard_page);
-    return 0;
-}
-
-static const char *
-guarded(const char *p, size_t n)
-{
-    char *dst = guard_base + 3 * guard_page - n;
-    assert_true(n <= 3 * guard_page);
-    if (n > 0)
-        memmove(dst, p, n);
-    return dst;
-}
+#include "guard.h"
 
 /* ---- parsing helpers: requests/responses kept in static storage so the
  * structs stay valid for the checks that follow */
@@ -639,12 +604,12 @@ test_backend_cap(void **state)
     /* every cap short of the full length is refused, never truncated;
      * the output is placed against the guard page */
     for (int cap = 0; cap < full; cap++) {
-        char *g = guard_base + 3 * guard_page - (size_t)cap;
+        char *g = (char *)guard_base + 3 * guard_page - (size_t)cap;
         assert_int_equal(upgrade_backend_request(g, (size_t)cap, &req, &f),
                          -1);
     }
     {
-        char *g = guard_base + 3 * guard_page - (size_t)full;
+        char *g = (char *)guard_base + 3 * guard_page - (size_t)full;
         assert_int_equal(upgrade_backend_request(g, (size_t)full, &req, &f),
                          full);
         assert_memory_equal(g, out, (size_t)full);
@@ -916,7 +881,7 @@ test_refusal(void **state)
     assert_int_equal(upgrade_refusal(out, sizeof out, 1000, NULL, 0), -1);
     n = upgrade_refusal(out, sizeof out, 431, NULL, 0);
     for (int cap = 0; cap < n; cap++) {
-        char *g = guard_base + 3 * guard_page - (size_t)cap;
+        char *g = (char *)guard_base + 3 * guard_page - (size_t)cap;
         assert_int_equal(upgrade_refusal(g, (size_t)cap, 431, NULL, 0), -1);
     }
 }

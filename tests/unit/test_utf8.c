@@ -17,43 +17,7 @@
 
 #include "utf8.h"
 
-/* ---- guard page: input ends exactly where an unreadable page begins */
-
-static uint8_t *guard_base;
-static size_t guard_page;
-
-static int
-guard_setup(void **state)
-{
-    (void)state;
-    guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base = mmap(NULL, 4 * guard_page, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_base == MAP_FAILED)
-        return -1;
-    if (mprotect(guard_base + 3 * guard_page, guard_page, PROT_NONE) == -1)
-        return -1;
-    return 0;
-}
-
-static int
-guard_teardown(void **state)
-{
-    (void)state;
-    munmap(guard_base, 4 * guard_page);
-    return 0;
-}
-
-/* Copy p[0..n) so it ends at the guard page; n <= 3 pages. */
-static const uint8_t *
-guarded(const uint8_t *p, size_t n)
-{
-    uint8_t *dst = guard_base + 3 * guard_page - n;
-    assert_true(n <= 3 * guard_page);
-    if (n > 0)
-        memmove(dst, p, n);
-    return dst;
-}
+#include "guard.h"
 
 /* ---- reference decoder
  *
