@@ -406,7 +406,7 @@ def test_silent_client_dropped(raw_backend_factory, wsguard_factory):
     close = rb.wait(lambda e: e["event"] == "close", timeout=5)
     assert close["code"] == 1001, close
     log = session_log(wsg)
-    assert "pong" in (log.get("reason") or ""), log
+    assert log["close_code"] == 1001 and "pong" in (log.get("reason") or ""), log
     # wsguard's ping went to the client only
     assert rb.frames(OP_PING) == [] and rb.frames(OP_PONG) == []
 
@@ -583,7 +583,7 @@ def test_max_connections_503(backend, wsguard_factory):
             raw_client(wsg)
         assert e.value.status == 503, e.value
         rej = wsg.wait_access(lambda r: r.get("event") == "reject")
-        assert rej.get("status") == 503, rej
+        assert rej.get("status") == 503 and rej.get("reason"), rej
         assert len(backend.opens()) == 2
         # a slot freed is usable again
         a.send_close(1000)
