@@ -25,7 +25,7 @@ METRICS = {
              "setup_cpu_per_session_us", "hold_cpu_util", "failed", "errors"],
 }
 METRICS["msg4k"] = METRICS["msg256k"] = METRICS["msg64"]
-METRICS["scale"] = METRICS["idle"]
+METRICS["scale"] = METRICS["idle"] + ["kmem_per_session_kb", "setup_s"]
 
 
 def parse(path):
@@ -154,6 +154,7 @@ def main():
     row("scale", "RSS KiB/session", "rss_per_session_kb", fmt="{:,.2f}")
     row("scale", "setup CPU µs/session", "setup_cpu_per_session_us")
     row("scale", "hold CPU util", "hold_cpu_util", fmt="{:.4f}")
+    row("scale", "kernel KiB/session (4 sockets)", "kmem_per_session_kb", fmt="{:,.2f}")
 
     cg = os.path.join(RES, "callgrind.tsv")
     if os.path.exists(cg):

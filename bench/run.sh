@@ -227,9 +227,36 @@ scenario() {   # scenario NAME TARGET REP
     scale)
         local src i
         src=$(for i in $(seq 2 17); do printf '127.0.0.%d,' "$i"; done)
-        run_lg "$lbl" -m idle -c "$SCALE_N" --hold "$SCALE_HOLD" -B "${src%,}" \
-            --parallel 128 "${common[@]}" ;;
+        # kernel memory (slab + TCP buffer pages) before and while held
+        local k0 k1 out i
+        k0=$(kmem_kb)
+        : > "$TMP/scale.err"
+        taskset -c "$LG_CPU" "$WSBENCH" -m idle -c "$SCALE_N" --hold "$SCALE_HOLD" \
+            -B "${src%,}" --parallel 128 "${common[@]}" > "$TMP/scale.out" \
+            2> "$TMP/scale.err" &
+        local lp=$!
+        PIDS+=("$lp")
+        for i in $(seq 1200); do
+            grep -q 'sessions open' "$TMP/scale.err" && break
+            kill -0 "$lp" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 1
+        k1=$(kmem_kb)
+        wait "$lp"; forget_pid "$lp"
+        out=$(cat "$TMP/scale.out")
+        [ -n "$out" ] || out="errors=1 last_error=no_output"
+        local n; n=$(tr ' ' '\n' <<<"$out" | sed -n 's/^sessions=//p')
+        echo "$lbl $out kmem0_kb=$k0 kmem1_kb=$k1 kmem_per_session_kb=$(awk -v a="$k0" -v b="$k1" -v n="${n:-0}" 'BEGIN{printf "%.2f", (n > 0) ? (b-a)/n : 0}')" >> "$RAW"
+        log "  $lbl: $(tail -1 "$RAW" | tr ' ' '\n' | grep -E '^(sessions|rss_per_session_kb|hold_cpu_util|kmem_per_session_kb|errors)=' | tr '\n' ' ')" ;;
     esac
+}
+
+kmem_kb() {   # kernel slab + TCP socket buffer memory, KiB
+    local slab pages
+    slab=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+    pages=$(awk '/^TCP:/ {for (i=1;i<NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat)
+    echo $((slab + ${pages:-0} * 4))
 }
 
 versions() {
@@ -305,8 +332,11 @@ callgrind_run() {
             local ir; ir=$(cg_total "$f")
             [ "$n" = $m1 ] && ir1=$ir || ir2=$ir
             if [ "$n" = $m2 ]; then
-                callgrind_annotate --threshold=95 "$f" 2>/dev/null | head -45 \
-                    > "$RES/callgrind-$tg.txt"
+                { callgrind_annotate --threshold=95 "$f" 2>/dev/null | head -50
+                  echo; echo "== inclusive"
+                  callgrind_annotate --inclusive=yes --threshold=95 "$f" 2>/dev/null \
+                      | sed -n '/file:function/,$p' | head -45
+                } > "$RES/callgrind-$tg.txt"
             fi
         done
         # syscalls per message (strace -c over the same fixed count, native)
@@ -322,7 +352,7 @@ callgrind_run() {
                     -n "$CG_MESSAGES" -t 127.0.0.1:$TPORT --tls "${LG_AUTH[@]}" \
                     >> "$RAW" 2>>"$TMP/wsbench.err"
                 kill -INT "$sp"; wait "$sp" 2>/dev/null
-                local calls; calls=$(awk '/total$/ {print $3}' "$TMP/strace.$tg")
+                local calls; calls=$(awk '/ total$/ {print $4}' "$TMP/strace.$tg")
                 [ -n "$calls" ] && sc=$(awk -v c="$calls" -v m="$CG_MESSAGES" 'BEGIN{printf "%.2f", c/m}')
                 cp "$TMP/strace.$tg" "$RES/strace-$tg.txt"
             }

@@ -1091,6 +1091,8 @@ main(int argc, char **argv)
         cpu1 = proc_cpu();
         lg1 = self_cpu();
     }
+    if (t_meas0 == 0)
+        t_meas0 = t_meas1;
     double wall = t_meas1 - t_meas0;
     if (wall <= 0)
         wall = 1e-9;
