@@ -64,7 +64,8 @@ WSGUARD_LIMIT_ENV=(WSGUARD_LIMITS_MAX_PAYLOAD=1m
     WSGUARD_SERVER_MAX_CONNECTIONS=100000 WSGUARD_SERVER_IDLE_TIMEOUT=5m)
 # ---------------------------------------------------------------------------
 
-ECHO_PORT=9001; GUARD_PORT=9443; NGINX_PORT=9444; HAPROXY_PORT=9445
+ECHO_PORT=${ECHO_PORT:-9001}; GUARD_PORT=${GUARD_PORT:-9443}
+NGINX_PORT=${NGINX_PORT:-9444}; HAPROXY_PORT=${HAPROXY_PORT:-9445}
 
 TMP=$(mktemp -d /tmp/wsbench.XXXXXX)
 PIDS=()                    # every process this script started
@@ -148,11 +149,35 @@ prepare() {
     log "wsguard security settings: $SECURITY"
 }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports() {
+    local p
+    for p in $ECHO_PORT $GUARD_PORT $NGINX_PORT $HAPROXY_PORT; do
+        if port_busy "$p"; then
+            log "port $p is in use (another benchmark?); set ECHO_PORT/GUARD_PORT/NGINX_PORT/HAPROXY_PORT"
+            exit 1
+        fi
+    done
+}
+
 start_echo() {
     taskset -c "$LG_CPU" "$WSECHO" -q -l 127.0.0.1:$ECHO_PORT &
     ECHO_PID=$!; PIDS+=("$ECHO_PID")
     wait_port $ECHO_PORT || exit 1
 }
+
+# The backend must live through the whole run; if something killed it,
+# say so (the run's figures are marked) and start a new one.
+ensure_echo() {
+    if ! kill -0 "$ECHO_PID" 2>/dev/null; then
+        log "echo backend (pid $ECHO_PID) is gone: restarting it"
+        wait "$ECHO_PID" 2>/dev/null; forget_pid "$ECHO_PID"
+        ECHO_RESTARTS=$((ECHO_RESTARTS + 1))
+        start_echo
+    fi
+}
+ECHO_RESTARTS=0
 
 # start_target NAME [callgrind]: sets TPORT TLSOPT MPID (pid to measure) SPID
 # (pid to stop)
@@ -285,6 +310,7 @@ main_run() {
             [ "$sc" = scale ] && continue
             for tg in $TARGETS; do
                 log "rep $rep/$REPS $sc $tg"
+                ensure_echo
                 start_target "$tg" || { echo "scenario=$sc target=$tg rep=$rep errors=1 last_error=start" >> "$RAW"; stop_target "$tg"; continue; }
                 sleep 0.2
                 scenario "$sc" "$tg" "$rep"
@@ -294,10 +320,13 @@ main_run() {
     done
     if [[ " $SCENARIOS " == *" scale "* ]]; then
         log "scale: wsguard, $SCALE_N idle sessions, hold ${SCALE_HOLD}s"
+        ensure_echo
         start_target wsguard && { sleep 0.2; scenario scale wsguard 1; }
         stop_target wsguard
     fi
+    kill -0 "$ECHO_PID" 2>/dev/null || ECHO_RESTARTS=$((ECHO_RESTARTS + 1))
     stop_pid "$ECHO_PID"
+    echo "echo_restarts=$ECHO_RESTARTS" >> "$RES/machine.txt"
     python3 "$BENCH/aggregate.py" "$RES" || exit 1
     if command -v gnuplot >/dev/null; then
         (cd "$RES" && gnuplot "$BENCH/plot.gp") || log "gnuplot failed"
@@ -331,12 +360,9 @@ callgrind_run() {
             [ -f "$f" ] || f=$(ls "$TMP"/cg.$tg.$n.out* 2>/dev/null | head -1)
             local ir; ir=$(cg_total "$f")
             [ "$n" = $m1 ] && ir1=$ir || ir2=$ir
-            if [ "$n" = $m2 ]; then
-                { callgrind_annotate --threshold=95 "$f" 2>/dev/null | head -50
-                  echo; echo "== inclusive"
-                  callgrind_annotate --inclusive=yes --threshold=95 "$f" 2>/dev/null \
-                      | sed -n '/file:function/,$p' | head -45
-                } > "$RES/callgrind-$tg.txt"
+            if [ "$n" = $m2 ]; then   # per-symbol cost of the extra messages
+                python3 "$BENCH/cgdiff.py" "$TMP/cg.$tg.$m1.out" "$f" "$CG_MESSAGES" 25 \
+                    > "$RES/callgrind-$tg.txt" 2>&1
             fi
         done
         # syscalls per message (strace -c over the same fixed count, native)
@@ -366,7 +392,9 @@ callgrind_run() {
     done
     stop_pid "$ECHO_PID"
     column -t "$out"
+    [ -s "$RES/raw.log" ] && python3 "$BENCH/aggregate.py" "$RES"
 }
 
+check_ports
 prepare
 if [ "$CALLGRIND" = 1 ]; then callgrind_run; else main_run; fi
