@@ -92,6 +92,7 @@ struct side {
     unsigned kill : 1;          /* close it as soon as output is flushed */
     unsigned hs_want_wr : 1;    /* TLS handshake waits for writability */
     unsigned lingering : 1;     /* our end is shut, reading until EOF */
+    unsigned full_stop : 1;     /* reading stopped on a full buffer */
     ev_tstamp wblock_since;     /* output to it blocked since; 0 = not */
 };
 
@@ -117,6 +118,10 @@ struct dir {
     uint8_t ckey[4];            /* sender's masking key */
     uint8_t okey[4];            /* wsguard's masking key toward a server */
     uint8_t ctl_close;          /* ctl ends with a close frame */
+    uint8_t ctl_ping;           /* ctl starts with wsguard's ping */
+    uint8_t ctl_busy;           /* a write of ctl has begun: it must be
+                                   finished before any other byte goes */
+    uint8_t relayed_close;      /* a peer's close went through here */
     uint16_t ctl_len, ctl_off;
     uint8_t ctl[2 * (WS_MAX_HEADER + WS_MAX_CONTROL)];  /* a ping and a
                                    close of wsguard's own, for dst */
@@ -188,8 +193,9 @@ struct conn {
     ev_timer timer;
     ev_tstamp started, last_activity, phase_start, closing_since;
     ev_tstamp cli_rx;           /* last byte from the client */
-    ev_tstamp ping_sent;        /* our last ping; outstanding while
-                                   > cli_rx */
+    ev_tstamp ping_sent;        /* our last ping, when it was written;
+                                   outstanding while > cli_rx */
+    unsigned ping_queued : 1;   /* a ping waits in down.ctl */
     uint8_t ping_data[8];       /* its payload, to recognise the pong */
     struct bucket b_msgs, b_bytes, b_ctl;   /* [limits] per connection */
     char client_ip[INET6_ADDRSTRLEN];   /* the client (behind trusted
@@ -277,6 +283,8 @@ relay_deadlines(const struct conn *c, double t[DL_COUNT])
         .ping_interval_ms = cfg->ping_interval_ms,
         .pong_timeout_ms = cfg->pong_timeout_ms,
     };
+    if (c->ping_queued)
+        to.ping_interval_ms = 0;        /* no ping, no pong deadline */
     deadline_all(&st, &to, t);
 }
 
@@ -543,6 +551,7 @@ side_read(struct side *s, void *p, size_t n)
         }
     }
     s->rd_wants_wr = 0;
+    ERR_clear_error();
     int r = SSL_read(s->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
     if (r > 0)
         return r;
@@ -582,6 +591,7 @@ side_write(struct side *s, const void *p, size_t n)
         }
     }
     s->wr_wants_rd = 0;
+    ERR_clear_error();
     int r = SSL_write(s->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
     if (r > 0) {
         s->wblocked = (size_t)r < n;
@@ -852,8 +862,15 @@ conn_jwt(struct conn *c, const struct jwt_verifier *v)
         }
         free(c->path);
         c->path = dupn(buf, (size_t)n);
-        if (!p->jwt_forward_token)
-            c->hs->target = dupn(buf, (size_t)n), c->hs->target_len = (size_t)n;
+        if (!p->jwt_forward_token) {
+            c->hs->target = dupn(buf, (size_t)n);
+            c->hs->target_len = (size_t)n;
+            if (c->hs->target == NULL) {
+                /* Never fall back to the target that holds the token. */
+                conn_refuse(c, 503, "out of memory");
+                return -1;
+            }
+        }
     } else {
         free(c->path);
         c->path = dupn(c->hs->req.target, c->hs->req.target_len);
@@ -1367,7 +1384,10 @@ conn_closing(struct conn *c)
 static void
 dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason)
 {
-    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_close)
+    /* One close per side: not after the peer's close went (or is going)
+     * that way, not twice from wsguard. */
+    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_close ||
+        d->relayed_close)
         return;
     uint8_t key[4];
     const uint8_t *k = NULL;
@@ -1386,14 +1406,18 @@ static void
 relay_ping(struct conn *c)
 {
     struct dir *d = &c->down;
-    if (d->ctl_len || c->cli.fd == -1)
+    if (d->ctl_len || d->relayed_close || c->cli.fd == -1)
         return;
     worker_random(c->w, c->ping_data, sizeof c->ping_data);
     d->ctl_len = (uint16_t)ws_write_header(d->ctl, 1, WS_OP_PING, NULL,
                                            sizeof c->ping_data);
     memcpy(d->ctl + d->ctl_len, c->ping_data, sizeof c->ping_data);
     d->ctl_len += sizeof c->ping_data;
-    c->ping_sent = ev_now(c->w->loop);
+    d->ctl_ping = 1;
+    /* Until it is written (it may wait for the end of a frame the
+     * backend is sending), neither another ping nor the pong timeout is
+     * due: see relay_deadlines. */
+    c->ping_queued = 1;
     dir_flush(c, d);
 }
 
@@ -1543,6 +1567,15 @@ dir_parse(struct conn *c, struct dir *d)
                     }
                     d->src->got_close = 1;
                     d->close_fwd = 1;
+                    d->relayed_close = 1;
+                    if (d->ctl_len && !d->ctl_busy) {
+                        /* Nothing of ours may follow the peer's close
+                         * (a close of ours is refused by relayed_close). */
+                        d->ctl_len = d->ctl_off = 0;
+                        d->ctl_close = d->ctl_ping = 0;
+                        if (d == &c->down)
+                            c->ping_queued = 0;
+                    }
                     if (c->close_code == 0) {
                         c->close_code = h.len >= 2 ? (pl[0] << 8 | pl[1])
                                                    : WS_CLOSE_NO_STATUS;
@@ -1706,6 +1739,41 @@ dir_write(struct conn *c, struct side *dst, const uint8_t *p, size_t n)
 
 /* Write what d holds for its destination: validated bytes first, then
  * wsguard's own frames, but only where a frame may start. */
+/* Write what is left of d's ctl slot. Returns 1 when it is all out. */
+static int
+ctl_flush(struct conn *c, struct dir *d)
+{
+    struct side *dst = d->dst;
+
+    while (d->ctl_len) {
+        size_t n = dir_write(c, dst, d->ctl + d->ctl_off,
+                             (size_t)(d->ctl_len - d->ctl_off));
+        if (n == 0) {
+            /* Begun (or blocked: with TLS a record of it may already be
+             * inside OpenSSL): nothing else may be written first. */
+            d->ctl_busy = 1;
+            return 0;
+        }
+        d->ctl_busy = 1;
+        d->ctl_off += (uint16_t)n;
+        if (d->ctl_off < d->ctl_len)
+            continue;
+        if (d->ctl_close)
+            dst->sent_close = 1;
+        if (d->ctl_ping) {
+            c->ping_sent = ev_now(c->w->loop);
+            c->ping_queued = 0;
+            conn_timer_arm(c);          /* the pong deadline starts */
+        }
+        d->ctl_len = d->ctl_off = 0;
+        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
+    }
+    return 1;
+}
+
+/* Write what d holds for its destination: validated bytes first, then
+ * wsguard's own frames, but only where a frame may start. A ctl write
+ * that has begun is always finished before anything else. */
 static void
 dir_flush(struct conn *c, struct dir *d)
 {
@@ -1716,7 +1784,11 @@ dir_flush(struct conn *c, struct dir *d)
         if (b)
             b->pos = b->parsed;
         d->ctl_len = d->ctl_off = 0;
+        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
+        c->ping_queued = d == &c->down ? 0 : c->ping_queued;
     }
+    if (d->ctl_busy && !ctl_flush(c, d))
+        return;
     while (b && b->pos < b->parsed) {
         size_t n = dir_write(c, dst, b->data + b->pos, b->parsed - b->pos);
         if (n == 0)
@@ -1731,24 +1803,14 @@ dir_flush(struct conn *c, struct dir *d)
     if (d->cut) {
         dst->kill = 1;
         d->ctl_len = d->ctl_off = 0;
+        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
     }
     /* In relay mode a frame of the peer's may be half forwarded: ours
      * wait for its end. In discard mode the forwarded stream ended on a
      * frame boundary (or is cut). */
     int boundary = d->mode == DIR_DISCARD || !d->in_frame;
-    while (d->ctl_len && boundary) {
-        size_t n = dir_write(c, dst, d->ctl + d->ctl_off,
-                             (size_t)(d->ctl_len - d->ctl_off));
-        if (n == 0)
-            return;
-        d->ctl_off += (uint16_t)n;
-        if (d->ctl_off == d->ctl_len) {
-            if (d->ctl_close)
-                dst->sent_close = 1;
-            d->ctl_len = d->ctl_off = 0;
-            d->ctl_close = 0;
-        }
-    }
+    if (d->ctl_len && boundary && !ctl_flush(c, d))
+        return;
     dst->wblocked = 0;
     if (b) {
         if (b->parsed == b->last) {
@@ -1806,6 +1868,10 @@ dir_process(struct conn *c, struct dir *d)
         relay_fail(c, code, code, c->why_buf, "wsguard");
     else
         relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, c->why_buf, "wsguard");
+    /* What is left unparsed is dropped now, so a full buffer never stops
+     * reading (the peer's close reply must still be seen). */
+    if (d->b != NULL && d->mode == DIR_DISCARD)
+        dir_skip(c, d);
 }
 
 /* Read from d's source while there is room, validate, forward. */
@@ -1822,14 +1888,16 @@ dir_pump(struct conn *c, struct dir *d)
             return;
         }
         struct buf *b = d->b;
-        if (b->last == BUF_SIZE) {
-            if (b->pos != b->parsed)
-                break;          /* full: wait for the destination */
+        if (b->last == BUF_SIZE && b->pos == b->parsed && b->parsed > 0) {
             memmove(b->data, b->data + b->parsed, b->last - b->parsed);
             b->last -= b->parsed;
             b->pos = b->parsed = 0;
         }
         size_t room = BUF_SIZE - b->last;
+        if (room == 0) {
+            src->full_stop = 1; /* full: wait for the destination */
+            break;
+        }
         ssize_t n = side_read(src, b->data + b->last, room);
         if (n <= 0) {
             if (b->last == 0) {
@@ -1841,8 +1909,18 @@ dir_pump(struct conn *c, struct dir *d)
         b->last += (uint32_t)n;
         if (d->mode == DIR_RELAY)
             d->bytes += (uint64_t)n;
-        if (d->from_client)
+        atomic_fetch_add_explicit(d->from_client ? &c->w->st.bytes_in
+                                                 : &c->w->st.bytes_out,
+                                  (uint64_t)n, memory_order_relaxed);
+        if (d->from_client) {
+            /* Any byte answers an outstanding ping: the next deadline is
+             * the next ping, which may come before the pong deadline the
+             * timer is armed for. */
+            int answered = c->ping_sent > c->cli_rx;
             c->cli_rx = ev_now(c->w->loop);
+            if (answered)
+                conn_timer_arm(c);
+        }
         dir_process(c, d);
         dir_flush(c, d);
         /* A short read drained the socket (level-triggered epoll tells
@@ -1871,6 +1949,9 @@ relay_start(struct conn *c)
     dir_init(c, &c->up, &c->cli, &c->be, 1, p->max_payload);
     dir_init(c, &c->down, &c->be, &c->cli, 0, p->max_payload_backend);
     conn_set_state(c, CS_RELAY);
+    if (c->w->drain_expired)
+        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY, "draining",
+                   "wsguard");
     if (c->down.b) {
         dir_process(c, &c->down);
         dir_flush(c, &c->down);
@@ -1949,6 +2030,9 @@ relay_settle(struct conn *c)
             int code = c->cli.got_close ? WS_CLOSE_NORMAL
                                         : WS_CLOSE_BAD_GATEWAY;
             dir_discard(&c->up);
+            /* If it died inside a frame it was sending, that frame can
+             * not be finished toward the client: cut, no close frame. */
+            dir_discard(&c->down);
             dir_queue_close(c, &c->down, code, c->reason);
             dir_flush(c, &c->down);
         } else {
@@ -1958,6 +2042,7 @@ relay_settle(struct conn *c)
                 c->reason = "client connection lost";
             }
             dir_discard(&c->down);
+            dir_discard(&c->up);
             dir_queue_close(c, &c->up, WS_CLOSE_GOING_AWAY, c->reason);
             dir_flush(c, &c->up);
         }
@@ -1996,9 +2081,12 @@ side_watch(struct conn *c, struct side *s, int rd, int wr)
     io_set(loop, &s->rd, rd);
     io_set(loop, &s->wr, wr);
     /* OpenSSL may hold bytes (decrypted, or records read ahead) that
-     * the socket will never announce again. */
-    if (rd && !was_rd && s->ssl && SSL_has_pending(s->ssl))
+     * the socket will never announce again: once reading is possible
+     * again after a stop (watcher off, or a full buffer), look. */
+    if (rd && (!was_rd || s->full_stop) && s->ssl && SSL_has_pending(s->ssl))
         ev_feed_event(loop, &s->rd, EV_READ);
+    if (rd)
+        s->full_stop = 0;
 }
 
 static void

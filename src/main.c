@@ -11,6 +11,7 @@
  */
 #include <ev.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,26 @@ warn_unsafe(const struct config *cfg)
                  "closed");
 }
 
+static struct ev_loop *main_loop;
+static ev_async workers_done;
+static atomic_uint workers_left;
+static int draining;
+
+/* A worker thread ends (after its drain): wake the main loop. */
+static void
+on_worker_exit(void)
+{
+    atomic_fetch_sub(&workers_left, 1);
+    ev_async_send(main_loop, &workers_done);
+}
+
+static void
+on_workers_done(struct ev_loop *loop, ev_async *a, int revents)
+{
+    if (atomic_load(&workers_left) == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
 static void
 on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -147,10 +168,16 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         log_info("configuration reloaded");
         return;
     }
+    if (draining) {
+        /* A second SIGTERM/SIGINT: the operator does not want to wait. */
+        log_warn("signal %d again: exiting now, dropping live sessions",
+                 w->signum);
+        _exit(1);
+    }
+    draining = 1;
     log_info("signal %d: draining", w->signum);
     for (unsigned i = 0; i < nworkers; i++)
         worker_drain(&workers[i]);
-    ev_break(loop, EVBREAK_ALL);
 }
 
 int
@@ -231,6 +258,12 @@ main(int argc, char **argv)
         return 1;
     }
 
+    main_loop = ev_default_loop(0);
+    ev_async_init(&workers_done, on_workers_done);
+    ev_async_start(main_loop, &workers_done);
+    atomic_init(&workers_left, nworkers);
+    worker_exit_hook = on_worker_exit;
+
     /* Workers must not take the signals; the main loop handles them. */
     sigset_t set, old;
     sigemptyset(&set);
@@ -250,7 +283,7 @@ main(int argc, char **argv)
     log_info("wsguard " WSGUARD_VERSION " started: %u worker%s", nworkers,
              nworkers == 1 ? "" : "s");
 
-    struct ev_loop *loop = ev_default_loop(0);
+    struct ev_loop *loop = main_loop;
     ev_signal sig_term, sig_int, sig_hup;
     ev_signal_init(&sig_term, on_signal, SIGTERM);
     ev_signal_init(&sig_int, on_signal, SIGINT);

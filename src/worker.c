@@ -27,6 +27,7 @@
 #define ACCEPT_PAUSE 0.1        /* s, after EMFILE/ENFILE */
 
 atomic_uint_fast64_t worker_total_conns;
+void (*worker_exit_hook)(void);
 struct iplimit *worker_iplimit;
 
 /* ------------------------------------------------------------------ */
@@ -324,6 +325,7 @@ drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct worker *w = ev_userdata(loop);
     log_info("worker %u: drain timeout, closing %llu sessions", w->id,
              (unsigned long long)w->nconns);
+    w->drain_expired = 1;
     conn_drain_all(w);
 }
 
@@ -353,6 +355,7 @@ wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         }
         uint64_t dt = w->rt->cfg->drain_timeout_ms;
         if (dt == 0) {
+            w->drain_expired = 1;
             conn_drain_all(w);
         } else {
             ev_timer_set(&w->drain_timer, (ev_tstamp)dt / 1000.0, 0);
@@ -379,6 +382,8 @@ worker_main(void *arg)
     ev_prepare_start(w->loop, &prep);
     ev_run(w->loop, 0);
     log_debug("worker %u: stopped", w->id);
+    if (worker_exit_hook)
+        worker_exit_hook();
     return NULL;
 }
 

@@ -107,6 +107,8 @@ struct worker {
     int drain_req;
     struct runtime *rt;         /* snapshot for new connections */
     int draining;
+    int drain_expired;          /* drain_timeout passed: sessions that
+                                   start relaying now are closed at once */
     struct conn *conns;         /* doubly linked list of live conns */
     uint64_t nconns;
     struct buf *free_bufs;      /* relay buffer freelist */
@@ -116,6 +118,9 @@ struct worker {
     unsigned rnd_off;
     struct stats st;
 };
+
+/* Called by each worker thread as it ends (main thread's wake-up). */
+extern void (*worker_exit_hook)(void);
 
 /* The global connection count, for max_connections (all workers). */
 extern atomic_uint_fast64_t worker_total_conns;
