@@ -557,6 +557,11 @@ side_read(struct side *s, void *p, size_t n)
         return r;
     switch (SSL_get_error(s->ssl, r)) {
     case SSL_ERROR_WANT_READ:
+        /* SSL_MODE_RELEASE_BUFFERS frees the read buffer only after a
+         * record was consumed; a read that found nothing keeps its 16 KiB
+         * allocated. An idle session must hold no such buffer. */
+        if (!SSL_has_pending(s->ssl))
+            SSL_free_buffers(s->ssl);
         return 0;
     case SSL_ERROR_WANT_WRITE:
         s->rd_wants_wr = 1;
