@@ -129,6 +129,14 @@ utf8_validate(uint32_t state, const uint8_t *p, size_t n)
                 if ((a & HIGH_BITS) == 0)
                     i += 8;
             }
+            if (i < n && n >= 8 && n - i < 8) {
+                /* The last few bytes: one overlapping word instead of a
+                 * byte loop (the bytes before i are ASCII already). */
+                uint64_t a;
+                memcpy(&a, p + n - 8, 8);
+                if ((a & HIGH_BITS) == 0)
+                    i = n;
+            }
             while (i < n && p[i] < 0x80)
                 i++;
             continue;

@@ -185,20 +185,32 @@ ws_check_close(const uint8_t *p, size_t n)
     return 0;
 }
 
+/* The 4-byte key as the 8-byte pattern that masks p[0..8) when p is
+ * `offset` bytes into the payload (8 is a multiple of 4, so the same
+ * pattern fits every later word, whatever the alignment of p). */
+static uint64_t
+key64(const uint8_t key[4], uint64_t offset)
+{
+    uint32_t k;
+    unsigned r = (unsigned)(offset & 3) * 8;
+
+    memcpy(&k, key, 4);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (r)
+        k = (k >> r) | (k << (32 - r));
+#else
+    if (r)
+        k = (k << r) | (k >> (32 - r));
+#endif
+    return (uint64_t)k | (uint64_t)k << 32;
+}
+
 void
 ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
 {
-    uint8_t k[8];
-    uint64_t k64;
     size_t i = 0;
-    unsigned r = (unsigned)(offset & 3);
-
-    /* Rotate the key so k[0] is the key byte for p[0]; since 8 is a
-     * multiple of 4 the same 8-byte pattern then fits every later word,
-     * whatever the offset or the alignment of p. */
-    for (int j = 0; j < 8; j++)
-        k[j] = key[(r + (unsigned)j) & 3];
-    memcpy(&k64, k, 8);
+    uint64_t k64 = key64(key, offset);
+    const uint8_t *k = (const uint8_t *)&k64;
 
     /* The relay's hot path: 32 bytes per iteration, unaligned loads and
      * stores through memcpy (one instruction each on common targets). */
@@ -224,7 +236,36 @@ ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
         memcpy(p + i, &a, 8);
     }
     for (; i < n; i++)
-        p[i] ^= k[i & 3];
+        p[i] ^= k[i & 7];
+}
+
+size_t
+ws_remask_ascii(uint8_t *p, size_t n, const uint8_t from[4],
+                const uint8_t to[4], uint64_t offset)
+{
+    const uint64_t high = 0x8080808080808080ull;
+    uint64_t kf = key64(from, offset);
+    uint64_t kx = kf ^ key64(to, offset);
+    const uint8_t *f = (const uint8_t *)&kf;
+    const uint8_t *x = (const uint8_t *)&kx;
+    size_t i = 0;
+
+    /* One pass: unmask a word, check that it is ASCII (then it is valid
+     * UTF-8 between code points), store it masked with the new key. */
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        if ((w ^ kf) & high)
+            break;
+        w ^= kx;
+        memcpy(p + i, &w, 8);
+    }
+    for (; i < n; i++) {
+        if ((p[i] ^ f[i & 7]) & 0x80)
+            break;
+        p[i] ^= x[i & 7];
+    }
+    return i;
 }
 
 size_t

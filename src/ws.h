@@ -111,6 +111,15 @@ int ws_close_code_ok(unsigned code);
  * it twice restores the data. */
 void ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
 
+/* The fast path for a client's text payload: for the longest prefix of
+ * p[0..n) whose bytes, unmasked with `from`, are ASCII, re-mask them
+ * with `to` in one pass (ASCII is valid UTF-8 between code points, so
+ * a UTF-8 state of UTF8_ACCEPT stays so). offset as for ws_mask. Returns
+ * the length of that prefix; the rest is left untouched (still masked
+ * with `from`). */
+size_t ws_remask_ascii(uint8_t *p, size_t n, const uint8_t from[4],
+                       const uint8_t to[4], uint64_t offset);
+
 /* Write a header for a frame of len payload bytes into out (room for
  * WS_MAX_HEADER bytes), masked with key when key is not NULL. Returns its
  * length. The payload is not touched. */

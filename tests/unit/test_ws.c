@@ -659,6 +659,39 @@ test_mask(void **state)
     free(orig);
 }
 
+/* ws_remask_ascii against the three-pass reference (unmask, find the
+ * ASCII prefix, re-mask it): every length, offset and position of the
+ * first non-ASCII byte; the bytes after the prefix stay as they were. */
+static void
+test_remask_ascii(void **state)
+{
+    static const uint8_t from[4] = {0x12, 0x9a, 0xf0, 0x3c};
+    static const uint8_t to[4] = {0x81, 0x07, 0x55, 0xe6};
+    uint8_t plain[80], in[80], got[80], want[80];
+
+    (void)state;
+    for (size_t n = 0; n <= 72; n++) {
+        for (uint64_t off = 0; off < 8; off++) {
+            for (size_t bad = 0; bad <= n; bad++) {
+                for (size_t i = 0; i < n; i++)
+                    plain[i] = (uint8_t)('a' + (i * 7 + off) % 26);
+                if (bad < n)
+                    plain[bad] = 0xc3;          /* first non-ASCII byte */
+                memcpy(in, plain, n);
+                ws_mask(in, n, from, off);
+                memcpy(got, in, n);
+                size_t k = ws_remask_ascii(got, n, from, to, off);
+                assert_int_equal(k, bad);
+                memcpy(want, plain, n);
+                ws_mask(want, k, to, off);          /* prefix: new key */
+                memcpy(want + k, in + k, n - k);    /* rest: untouched */
+                if (n > 0)
+                    assert_memory_equal(got, want, n);
+            }
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -678,6 +711,7 @@ main(void)
         cmocka_unit_test(test_close_payloads),
         cmocka_unit_test(test_build_close),
         cmocka_unit_test(test_mask),
+        cmocka_unit_test(test_remask_ascii),
     };
     return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }
