@@ -119,6 +119,10 @@ wait_port() {   # wait_port PORT [TRIES]
 prepare() {
     [ -x "$WSBENCH" ] && [ -x "$WSECHO" ] || make -s -C "$BENCH" || exit 1
     [ -x "$WSGUARD" ] || { log "no $WSGUARD: run make first"; exit 1; }
+    # Measure a snapshot: build/ may be rebuilt by someone else mid-run.
+    cp "$WSGUARD" "$TMP/wsguard.bin" || exit 1
+    WSGUARD_SHA=$(sha256sum "$TMP/wsguard.bin" | cut -c1-12)
+    WSGUARD=$TMP/wsguard.bin
     mkdir -p "$RES" "$TMP/nginx/logs" "$TMP/nginx/tmp"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
         -days 30 -subj "/CN=localhost" \
@@ -290,7 +294,7 @@ versions() {
         echo "nproc=$(nproc)"
         echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
         echo "kernel=$(uname -r)"
-        echo "wsguard=$(cd "$ROOT" && git rev-parse --short HEAD)"
+        echo "wsguard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src || echo +dirty) binary_sha256=$WSGUARD_SHA"
         echo "nginx=$(nginx -v 2>&1 | sed 's/.*nginx\///')"
         echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
         echo "openssl=$(openssl version | awk '{print $2}')"
@@ -300,7 +304,7 @@ versions() {
 }
 
 main_run() {
-    RAW=$RES/raw.log
+    RAW=$TMP/raw.log        # copied to results/ at the end
     : > "$RAW"
     versions
     start_echo
@@ -327,6 +331,7 @@ main_run() {
     kill -0 "$ECHO_PID" 2>/dev/null || ECHO_RESTARTS=$((ECHO_RESTARTS + 1))
     stop_pid "$ECHO_PID"
     echo "echo_restarts=$ECHO_RESTARTS" >> "$RES/machine.txt"
+    cp "$RAW" "$RES/raw.log"
     python3 "$BENCH/aggregate.py" "$RES" || exit 1
     if command -v gnuplot >/dev/null; then
         (cd "$RES" && gnuplot "$BENCH/plot.gp") || log "gnuplot failed"
@@ -344,6 +349,8 @@ callgrind_run() {
     local out=$RES/callgrind.tsv
     local m1=2000 m2=$((2000 + CG_MESSAGES)) tg
     printf 'target\tmessages\tinstructions\tinstr_per_msg\tsyscalls_per_msg\n' > "$out"
+    echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ) wsguard=$(cd "$ROOT" && git rev-parse --short HEAD) binary_sha256=$WSGUARD_SHA" \
+        > "$RES/callgrind-version.txt"
     RAW=$TMP/cg-raw.log
     start_echo
     for tg in wsguard nginx haproxy; do
