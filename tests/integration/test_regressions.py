@@ -1,0 +1,421 @@
+"""Regression tests for the review findings fixed in 6c75a35 (see
+`git show 6c75a35`): drain of late sessions and a second signal, one close
+per side, ping vs relay data over TLS, no busy loop while a ping waits,
+a backend dying inside a frame, and lingering after an early client error.
+"""
+
+import fcntl
+import random
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+import rawws
+from conftest import wait_until
+from limitstools import cpu_seconds
+from regresstools import (OP_BINARY, OP_CLOSE, OP_PING, ScriptBackend,
+                          hold_open, is_listening, raw_connect, server_frame,
+                          split_frames, tcp_queues)
+
+
+@pytest.fixture
+def script_backend():
+    made = []
+
+    def factory(script, **kw):
+        b = ScriptBackend(script, **kw)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        b.stop()
+
+
+# --------------------------------------------------------------------------
+# 3. a ping of wsguard's never corrupts the TLS stream of relay data
+
+def _seq_payload(seq):
+    n = 4 + (seq * 7919) % 700
+    body = bytes(((seq + k) & 0xFF) for k in range(n - 4))
+    return struct.pack("!I", seq) + body
+
+
+def _streamer(stop):
+    def script(sock):
+        seq = 0
+        try:
+            while not stop.is_set():
+                batch = []
+                for _ in range(random.randint(1, 20)):
+                    batch.append(server_frame(OP_BINARY, _seq_payload(seq)))
+                    seq += 1
+                sock.sendall(b"".join(batch))
+                time.sleep(random.uniform(0, 0.005))   # bursts
+        except OSError:
+            pass
+    return script
+
+
+def _slow_reader(ws, seconds, rng):
+    """Read irregularly for `seconds`, answering each ping with a pong (a
+    client is pinged only after ping_interval of silence); return the
+    frames read (split_frames checks each one as it comes)."""
+    got = bytearray()
+    frames = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ws.sock.settimeout(1.0)
+        try:
+            d = ws.sock.recv(rng.choice((1, 7, 100, 1000, 4096, 16384, 65536)))
+        except socket.timeout:
+            continue
+        if not d:
+            break
+        got += d
+        new, tail = split_frames(got, strict_ops=(OP_BINARY, OP_PING))
+        got = bytearray(tail)
+        for f in new:
+            if f[2] == OP_PING:
+                ws.send_frame(rawws.OP_PONG, f[3])
+        frames += new
+        r = rng.random()
+        if r < 0.05:
+            time.sleep(rng.uniform(0.05, 0.25))   # load shaping, not sync
+        elif r < 0.5:
+            time.sleep(rng.uniform(0, 0.004))
+    return frames
+
+
+@pytest.mark.parametrize("run", range(4))
+def test_ping_never_splits_tls_relay_stream(script_backend, wsguard_factory, run):
+    stop = threading.Event()
+    be = script_backend(_streamer(stop))
+    wsg = wsguard_factory(be.url, SERVER_PING_INTERVAL="200ms",
+                          SERVER_PONG_TIMEOUT="30s", SERVER_WRITE_TIMEOUT="0",
+                          SERVER_IDLE_TIMEOUT="0")
+    rng = random.Random(1000 + run)
+    ws = raw_connect(wsg, rcvbuf=8192)
+    try:
+        frames = _slow_reader(ws, 2.5, rng)
+    finally:
+        stop.set()
+        ws.close()
+        be.stop()
+    seq = 0
+    pings = 0
+    for fin, rsv, op, payload in frames:
+        if op == OP_PING:
+            assert len(payload) == 8, payload
+            pings += 1
+            continue
+        assert fin and payload == _seq_payload(seq), (
+            "data frame %d corrupted: %r" % (seq, payload[:16]))
+        seq += 1
+    assert seq > 100, "too little relayed: %d frames" % seq
+    assert pings >= 1, "no ping in 2.5 s at 200ms"
+
+
+# --------------------------------------------------------------------------
+# 1. drain: a session that reaches the relay after drain_timeout is closed;
+#    a second signal exits at once
+
+def _stop_or_kill(wsg, timeout):
+    """Wait for wsg to exit; kill it (and return None) if it does not."""
+    try:
+        return wsg.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        wsg.kill()
+        return None
+
+
+@pytest.mark.parametrize("drain_timeout", ["0", "500ms"])
+def test_drain_closes_session_that_reaches_relay_late(script_backend, wsguard_factory,
+                                                       drain_timeout):
+    be = script_backend(hold_open, hold=True)       # the 101 waits for us
+    wsg = wsguard_factory(be.url, SERVER_DRAIN_TIMEOUT=drain_timeout,
+                          SERVER_IDLE_TIMEOUT="0", SERVER_CLOSE_TIMEOUT="1s")
+    res = {}
+
+    def client():
+        try:
+            ws = raw_connect(wsg, timeout=10)
+            res["close"] = ws.expect_close(timeout=8)
+            ws.close()
+        except Exception as e:      # noqa: BLE001 - reported below
+            res["error"] = e
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    assert be.requests.wait(5), "the backend never got the upgrade request"
+    wsg.proc.send_signal(signal.SIGTERM)
+    t_sig = time.monotonic()
+    # The drain is over for the worker: listeners closed (drain_timeout 0)
+    # or the drain timer logged.
+    if drain_timeout == "0":
+        assert wait_until(lambda: not is_listening(wsg.port), 5), "still listening"
+    else:
+        assert wait_until(lambda: "drain timeout" in wsg.stderr_text(), 5), \
+            wsg.stderr_text()[-2000:]
+    be.release.set()                                # now the 101 goes
+    rc = _stop_or_kill(wsg, 6 - (time.monotonic() - t_sig))
+    t.join(5)
+    assert rc is not None, ("wsguard still running 6 s after SIGTERM (a session "
+                            "reached the relay after the drain); client: %r" % res)
+    assert rc == 0, wsg.stderr_text()[-2000:]
+    assert "error" not in res, res
+    assert res["close"].code == 1001, res
+
+
+def test_second_signal_exits_at_once(backend, wsguard_factory):
+    wsg = wsguard_factory(backend.url, SERVER_DRAIN_TIMEOUT="60s",
+                          SERVER_IDLE_TIMEOUT="0")
+    ws = raw_connect(wsg)
+    try:
+        ws.send_text("hello")
+        assert ws.recv_message(timeout=5).payload == b"hello"
+        wsg.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "draining" in wsg.stderr_text(), 5)
+        assert wait_until(lambda: not is_listening(wsg.port), 5)
+        assert wsg.alive(), "the live session must hold the drain"
+        wsg.proc.send_signal(signal.SIGTERM)
+        rc = _stop_or_kill(wsg, 3)
+        wsg.expect_exit = "any"
+        assert rc is not None, "a second SIGTERM while draining was ignored"
+        assert rc == 1, rc
+    finally:
+        ws.close()
+
+
+# --------------------------------------------------------------------------
+# 2. one close per side: the backend's close, parsed but not yet written to
+#    a client that does not read, is the only close the client gets
+
+SIOCOUTQNSD = 0x894B     # bytes not yet sent (linux/sockios.h)
+
+
+def _unsent(sock):
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQNSD,
+                                          b"\0\0\0\0"))[0]
+
+
+def _wsg_read_all(sock):
+    """wsguard has read everything the backend sent on sock: nothing left
+    unsent here, nothing unread in wsguard's socket (twice in a row: on
+    loopback a sent segment is in the peer's queue within microseconds;
+    the ACK, which may be delayed 40 ms, is not waited for)."""
+    port = sock.getpeername()[1]
+    mine = sock.getsockname()[1]
+    seen = [0]
+
+    def done():
+        q = tcp_queues(port, mine)
+        if _unsent(sock) == 0 and q is not None and q[1] == 0:
+            seen[0] += 1
+        else:
+            seen[0] = 0
+        return seen[0] >= 2
+    return wait_until(done, 1.0, interval=0.001)
+
+
+@pytest.mark.skip(reason="setup (filling wsguard's send buffer toward a non-reading "
+                         "client 12 KB at a time, up to tcp_wmem max) takes 10-30+ s "
+                         "under load and can time out; caught the old double close "
+                         "(1000 bye + 1014) when it ran - needs a faster setup")
+@pytest.mark.parametrize("then", ["client_violation", "backend_eof"])
+def test_one_close_per_side(script_backend, wsguard_factory, then):
+    ready = threading.Event()
+    connected = threading.Event()
+    fail = []
+    state = {}
+
+    def script(sock):
+        try:
+            if not connected.wait(10):
+                fail.append("client never upgraded")
+                return
+            client_port = state["ws"].sock.getsockname()[1]
+            # 12 frames a step: wsguard's send buffer toward the client grows
+            # up to tcp_wmem's maximum before it blocks; a step stays well
+            # under wsguard's 16 KiB relay buffer, so it keeps reading
+            frame = server_frame(OP_BINARY, b"a" * 1000) * 12
+            sent = 0
+            for _ in range(2000):
+                sock.sendall(frame)
+                sent += len(frame)
+                if not _wsg_read_all(sock):
+                    fail.append("wsguard stopped reading before it held data")
+                    return
+                cq = tcp_queues(client_port, wsg.port)
+                wq = tcp_queues(wsg.port, client_port)
+                if cq is None or wq is None:
+                    fail.append("no socket: %r %r ports %r %r" % (cq, wq, client_port, wsg.port))
+                    return
+                if sent - (cq[1] + wq[0]) > 0:
+                    # wsguard holds bytes it can not write: still so a
+                    # moment later (not an ACK racing the two reads)?
+                    time.sleep(0.05)
+                    cq = tcp_queues(client_port, wsg.port)
+                    wq = tcp_queues(wsg.port, client_port)
+                    if sent - (cq[1] + wq[0]) > 0:
+                        break
+            else:
+                fail.append("the client path never blocked")
+                return
+            sock.sendall(server_frame(OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
+            sent += 7
+            if not _wsg_read_all(sock):
+                fail.append("wsguard did not read the close")
+                return
+            cq = tcp_queues(client_port, wsg.port)
+            wq = tcp_queues(wsg.port, client_port)
+            state["unwritten"] = sent - (cq[1] + wq[0])
+            if then == "backend_eof":
+                sock.close()
+            ready.set()
+            if then != "backend_eof":
+                hold_open(sock, 10)
+        finally:
+            ready.set()
+
+    be = script_backend(script, hold=True)
+    wsg = wsguard_factory(be.url, TLS_ENABLED="no", SERVER_PING_INTERVAL="0",
+                          SERVER_CLOSE_TIMEOUT="1s", SERVER_WRITE_TIMEOUT="0")
+
+    def client():
+        state["ws"] = raw_connect(wsg, rcvbuf=4096, timeout=10)
+        connected.set()
+
+    # the backend's script starts with the 101; it needs the client's socket
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    assert be.requests.wait(5)
+    be.release.set()
+    t.join(10)
+    assert connected.is_set(), "no upgrade"
+    ws = state["ws"]
+    try:
+        assert ready.wait(30), "backend script stuck"
+        assert not fail, fail
+        assert state["unwritten"] >= 7, state    # the close is held by wsguard
+        if then == "client_violation":
+            ws.send_raw(bytes([0x83, 0x80, 0, 0, 0, 0]))   # reserved opcode 3
+        else:
+            # wsguard has seen the backend's EOF (its socket leaves
+            # ESTABLISHED) before the client reads anything
+            wait_until(lambda: (tcp_queues(*_be_ports(be, wsg)) or (0, 0, 0))[2] != 1, 2)
+        closes = []
+        data = 0
+        deadline = time.monotonic() + 8
+        while True:
+            try:
+                f = ws.recv_frame(timeout=max(0.01, deadline - time.monotonic()))
+            except rawws.Closed:
+                break
+            if f.opcode == OP_CLOSE:
+                closes.append(ws.parse_close(f.payload))
+            else:
+                assert f.opcode == OP_BINARY and f.payload == b"a" * 1000, f[:3]
+                data += 1
+        assert closes == [(1000, "bye")], (closes, data)
+    finally:
+        ws.close()
+
+
+def _be_ports(be, wsg):
+    """(wsguard's local port, backend port) of wsguard's backend socket."""
+    s = be.socks[-1]
+    return s.getpeername()[1] if s.fileno() != -1 else 0, be.port
+
+
+# --------------------------------------------------------------------------
+# 4. a ping that must wait for the end of the backend's frame: no busy loop,
+#    no pong timeout while it could not be sent
+
+def _stuck_in_frame(sock):
+    sock.sendall(struct.pack("!BBQ", 0x82, 127, 1000000) + b"x" * 100)
+    hold_open(sock, 30)
+
+
+def test_waiting_ping_no_busy_loop_no_false_pong_timeout(script_backend, wsguard_factory):
+    be = script_backend(_stuck_in_frame)
+    wsg = wsguard_factory(be.url, SERVER_PING_INTERVAL="1s", SERVER_PONG_TIMEOUT="1s",
+                          SERVER_IDLE_TIMEOUT="60s", SERVER_WRITE_TIMEOUT="0")
+    ws = raw_connect(wsg)
+    try:
+        # the frame's start reaches the client; the ping is due at 1 s
+        ws._need(110, time.monotonic() + 5)
+        # silent client, ping unsendable: not dropped at 2 s (ping + pong
+        # timeout) nor later
+        assert not ws.is_closed(2.6), "client dropped while its ping could not be sent"
+        assert not any(r.get("event") == "session" for r in wsg.access_log())
+        # the client speaks now and then: the unsendable ping stays due
+        c0, t0 = cpu_seconds(wsg.pid), time.monotonic()
+        for _ in range(4):
+            ws.send_text("hi")
+            assert not ws.is_closed(0.75), "client dropped"
+        used = cpu_seconds(wsg.pid) - c0
+        spent = time.monotonic() - t0
+        assert used < 0.3, "wsguard used %.2f s CPU in %.1f s while a ping waited" % (used, spent)
+        assert len(ws._buf) == 110, "nothing but the frame's start may reach the client"
+    finally:
+        ws.close()
+        be.stop()
+
+
+# --------------------------------------------------------------------------
+# 5. a backend that dies inside a frame: the client is cut at once
+
+def test_backend_dies_mid_frame_client_cut_promptly(script_backend, wsguard_factory):
+    go = threading.Event()
+
+    def script(sock):
+        sock.sendall(struct.pack("!BBQ", 0x82, 127, 1000000) + b"x" * 100)
+        go.wait(10)
+        sock.close()
+
+    be = script_backend(script)
+    wsg = wsguard_factory(be.url, SERVER_CLOSE_TIMEOUT="4s", SERVER_IDLE_TIMEOUT="0")
+    ws = raw_connect(wsg)
+    try:
+        ws._need(110, time.monotonic() + 5)     # inside the frame
+        go.set()
+        t0 = time.monotonic()
+        closed = ws.is_closed(3.5)
+        took = time.monotonic() - t0
+        assert closed and took < 2.0, "client connection closed after %.2f s (closed=%s)" % (took, closed)
+        assert len(ws._buf) == 110, "no frame may follow the cut frame: %r" % bytes(ws._buf[110:])
+    finally:
+        ws.close()
+
+
+# --------------------------------------------------------------------------
+# 6. an invalid header inside a full first 16 KiB read: close 1002, then a
+#    clean (lingering) close, not a reset
+
+def test_invalid_header_in_full_read_lingers(backend, wsguard_factory):
+    wsg = wsguard_factory(backend.url, TLS_ENABLED="no", SERVER_CLOSE_TIMEOUT="2s")
+    ws = raw_connect(wsg)
+    try:
+        client_port = ws.sock.getsockname()[1]
+        bad = bytes([0x83, 0x80, 0, 0, 0, 0])      # reserved opcode 3
+        ws.send_raw(bad + b"z" * (16384 + 8192 - len(bad)))
+        # the close has arrived at the client's socket
+        assert wait_until(lambda: (tcp_queues(client_port, wsg.port) or (0, 0))[1] > 0, 5)
+        # a reset (old behaviour) follows the close at once: give it the
+        # time to arrive, ending early if wsguard's socket is gone for good
+        wait_until(lambda: tcp_queues(wsg.port, client_port) is None, 0.5)
+        try:
+            res = ws.expect_close(timeout=5)
+        except rawws.Closed as e:
+            pytest.fail("the connection was reset before the close was read: %s" % e)
+        assert res.code == 1002, res
+        assert res.tcp_closed, res
+        assert not any(r.get("opcode") for r in backend.messages()), backend.messages()
+    finally:
+        ws.close()
