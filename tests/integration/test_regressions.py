@@ -1,10 +1,11 @@
 """Regression tests for the review findings fixed in 6c75a35 (see
-`git show 6c75a35`): drain of late sessions and a second signal, one close
-per side, ping vs relay data over TLS, no busy loop while a ping waits,
-a backend dying inside a frame, and lingering after an early client error.
+`git show 6c75a35`): drain of late sessions and a second signal, ping vs
+relay data over TLS, no busy loop while a ping waits, a backend dying
+inside a frame, and lingering after an early client error. (One close
+per side has no test here: setting it up needs wsguard's kernel send
+buffer toward a client filled, which took 10-30 s.)
 """
 
-import fcntl
 import random
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 import rawws
 from conftest import wait_until
 from limitstools import cpu_seconds
-from regresstools import (OP_BINARY, OP_CLOSE, OP_PING, ScriptBackend,
+from regresstools import (OP_BINARY, OP_PING, ScriptBackend,
                           hold_open, is_listening, raw_connect, server_frame,
                           split_frames, tcp_queues)
 
@@ -190,147 +191,6 @@ def test_second_signal_exits_at_once(backend, wsguard_factory):
         assert rc == 1, rc
     finally:
         ws.close()
-
-
-# --------------------------------------------------------------------------
-# 2. one close per side: the backend's close, parsed but not yet written to
-#    a client that does not read, is the only close the client gets
-
-SIOCOUTQNSD = 0x894B     # bytes not yet sent (linux/sockios.h)
-
-
-def _unsent(sock):
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQNSD,
-                                          b"\0\0\0\0"))[0]
-
-
-def _wsg_read_all(sock):
-    """wsguard has read everything the backend sent on sock: nothing left
-    unsent here, nothing unread in wsguard's socket (twice in a row: on
-    loopback a sent segment is in the peer's queue within microseconds;
-    the ACK, which may be delayed 40 ms, is not waited for)."""
-    port = sock.getpeername()[1]
-    mine = sock.getsockname()[1]
-    seen = [0]
-
-    def done():
-        q = tcp_queues(port, mine)
-        if _unsent(sock) == 0 and q is not None and q[1] == 0:
-            seen[0] += 1
-        else:
-            seen[0] = 0
-        return seen[0] >= 2
-    return wait_until(done, 1.0, interval=0.001)
-
-
-@pytest.mark.skip(reason="setup (filling wsguard's send buffer toward a non-reading "
-                         "client 12 KB at a time, up to tcp_wmem max) takes 10-30+ s "
-                         "under load and can time out; caught the old double close "
-                         "(1000 bye + 1014) when it ran - needs a faster setup")
-@pytest.mark.parametrize("then", ["client_violation", "backend_eof"])
-def test_one_close_per_side(script_backend, wsguard_factory, then):
-    ready = threading.Event()
-    connected = threading.Event()
-    fail = []
-    state = {}
-
-    def script(sock):
-        try:
-            if not connected.wait(10):
-                fail.append("client never upgraded")
-                return
-            client_port = state["ws"].sock.getsockname()[1]
-            # 12 frames a step: wsguard's send buffer toward the client grows
-            # up to tcp_wmem's maximum before it blocks; a step stays well
-            # under wsguard's 16 KiB relay buffer, so it keeps reading
-            frame = server_frame(OP_BINARY, b"a" * 1000) * 12
-            sent = 0
-            for _ in range(2000):
-                sock.sendall(frame)
-                sent += len(frame)
-                if not _wsg_read_all(sock):
-                    fail.append("wsguard stopped reading before it held data")
-                    return
-                cq = tcp_queues(client_port, wsg.port)
-                wq = tcp_queues(wsg.port, client_port)
-                if cq is None or wq is None:
-                    fail.append("no socket: %r %r ports %r %r" % (cq, wq, client_port, wsg.port))
-                    return
-                if sent - (cq[1] + wq[0]) > 0:
-                    # wsguard holds bytes it can not write: still so a
-                    # moment later (not an ACK racing the two reads)?
-                    time.sleep(0.05)
-                    cq = tcp_queues(client_port, wsg.port)
-                    wq = tcp_queues(wsg.port, client_port)
-                    if sent - (cq[1] + wq[0]) > 0:
-                        break
-            else:
-                fail.append("the client path never blocked")
-                return
-            sock.sendall(server_frame(OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
-            sent += 7
-            if not _wsg_read_all(sock):
-                fail.append("wsguard did not read the close")
-                return
-            cq = tcp_queues(client_port, wsg.port)
-            wq = tcp_queues(wsg.port, client_port)
-            state["unwritten"] = sent - (cq[1] + wq[0])
-            if then == "backend_eof":
-                sock.close()
-            ready.set()
-            if then != "backend_eof":
-                hold_open(sock, 10)
-        finally:
-            ready.set()
-
-    be = script_backend(script, hold=True)
-    wsg = wsguard_factory(be.url, TLS_ENABLED="no", SERVER_PING_INTERVAL="0",
-                          SERVER_CLOSE_TIMEOUT="1s", SERVER_WRITE_TIMEOUT="0")
-
-    def client():
-        state["ws"] = raw_connect(wsg, rcvbuf=4096, timeout=10)
-        connected.set()
-
-    # the backend's script starts with the 101; it needs the client's socket
-    t = threading.Thread(target=client, daemon=True)
-    t.start()
-    assert be.requests.wait(5)
-    be.release.set()
-    t.join(10)
-    assert connected.is_set(), "no upgrade"
-    ws = state["ws"]
-    try:
-        assert ready.wait(30), "backend script stuck"
-        assert not fail, fail
-        assert state["unwritten"] >= 7, state    # the close is held by wsguard
-        if then == "client_violation":
-            ws.send_raw(bytes([0x83, 0x80, 0, 0, 0, 0]))   # reserved opcode 3
-        else:
-            # wsguard has seen the backend's EOF (its socket leaves
-            # ESTABLISHED) before the client reads anything
-            wait_until(lambda: (tcp_queues(*_be_ports(be, wsg)) or (0, 0, 0))[2] != 1, 2)
-        closes = []
-        data = 0
-        deadline = time.monotonic() + 8
-        while True:
-            try:
-                f = ws.recv_frame(timeout=max(0.01, deadline - time.monotonic()))
-            except rawws.Closed:
-                break
-            if f.opcode == OP_CLOSE:
-                closes.append(ws.parse_close(f.payload))
-            else:
-                assert f.opcode == OP_BINARY and f.payload == b"a" * 1000, f[:3]
-                data += 1
-        assert closes == [(1000, "bye")], (closes, data)
-    finally:
-        ws.close()
-
-
-def _be_ports(be, wsg):
-    """(wsguard's local port, backend port) of wsguard's backend socket."""
-    s = be.socks[-1]
-    return s.getpeername()[1] if s.fileno() != -1 else 0, be.port
 
 
 # --------------------------------------------------------------------------
