@@ -18,6 +18,9 @@
  * at the first byte that no continuation could make valid (RFC 6455 §8.1
  * "fail fast").
  */
+#if defined(__SSE2__)
+#include <emmintrin.h>              /* baseline on x86-64 */
+#endif
 #include "utf8.h"
 
 #include <string.h>
@@ -115,6 +118,18 @@ utf8_validate(uint32_t state, const uint8_t *p, size_t n)
              * one mov. Only tried when the next byte is ASCII, so dense
              * non-ASCII text does not pay for it on every code point. */
             i++;
+#if defined(__SSE2__)
+            /* 32 bytes per test while the text stays ASCII. */
+            while (n - i >= 32) {
+                __m128i a = _mm_loadu_si128((const __m128i *)(const void *)
+                                            (p + i));
+                __m128i b = _mm_loadu_si128((const __m128i *)(const void *)
+                                            (p + i + 16));
+                if (_mm_movemask_epi8(_mm_or_si128(a, b)))
+                    break;
+                i += 32;
+            }
+#endif
             while (n - i >= 16) {
                 uint64_t a, b;
                 memcpy(&a, p + i, 8);

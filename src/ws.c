@@ -22,6 +22,9 @@
  *   len     payload bytes of the message so far (headers seen).
  * ws_msg_end() zeroes all of it.
  */
+#if defined(__SSE2__)
+#include <emmintrin.h>              /* baseline on x86-64 */
+#endif
 #include "ws.h"
 
 #include <string.h>
@@ -212,6 +215,17 @@ ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
     uint64_t k64 = key64(key, offset);
     const uint8_t *k = (const uint8_t *)&k64;
 
+#if defined(__SSE2__)
+    /* 32 bytes per iteration in two SSE2 registers. */
+    const __m128i k128 = _mm_set1_epi64x((long long)k64);
+    for (; n - i >= 32; i += 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16));
+        _mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(a, k128));
+        _mm_storeu_si128((__m128i *)(void *)(p + i + 16),
+                         _mm_xor_si128(b, k128));
+    }
+#endif
     /* The relay's hot path: 32 bytes per iteration, unaligned loads and
      * stores through memcpy (one instruction each on common targets). */
     for (; n - i >= 32; i += 32) {
@@ -250,6 +264,22 @@ ws_remask_ascii(uint8_t *p, size_t n, const uint8_t from[4],
     const uint8_t *x = (const uint8_t *)&kx;
     size_t i = 0;
 
+#if defined(__SSE2__)
+    /* 32 bytes per iteration: unmask, one sign-bit test for all 32 bytes,
+     * re-mask. */
+    const __m128i f128 = _mm_set1_epi64x((long long)kf);
+    const __m128i x128 = _mm_set1_epi64x((long long)kx);
+    for (; n - i >= 32; i += 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16));
+        if (_mm_movemask_epi8(_mm_or_si128(_mm_xor_si128(a, f128),
+                                           _mm_xor_si128(b, f128))))
+            break;
+        _mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(a, x128));
+        _mm_storeu_si128((__m128i *)(void *)(p + i + 16),
+                         _mm_xor_si128(b, x128));
+    }
+#endif
     /* One pass: unmask a word, check that it is ASCII (then it is valid
      * UTF-8 between code points), store it masked with the new key. */
     for (; n - i >= 8; i += 8) {
