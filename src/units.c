@@ -53,52 +53,55 @@ units_uint(const char *s, uint64_t *out)
     return 0;
 }
 
-int
-units_duration_ms(const char *s, uint64_t *out_ms)
+/* A number with an optional unit suffix (case-insensitive), scaled by
+ * the suffix's multiplier; "" is the bare number. */
+struct suffix {
+    const char *name;
+    uint64_t mult;
+};
+
+static int
+parse_scaled(const char *s, const struct suffix *t, size_t n, uint64_t *out)
 {
-    uint64_t v, mult, r;
+    uint64_t v, r;
     const char *end = parse_digits(s, &v);
 
     if (end == NULL)
         return -1;
-    if (*end == '\0' || strcasecmp(end, "s") == 0)
-        mult = 1000;            /* a bare number is seconds */
-    else if (strcasecmp(end, "ms") == 0)
-        mult = 1;
-    else if (strcasecmp(end, "m") == 0)
-        mult = 60 * 1000;
-    else if (strcasecmp(end, "h") == 0)
-        mult = 60 * 60 * 1000;
-    else
-        return -1;
-    if (mul_checked(v, mult, &r) == -1)
-        return -1;
-    *out_ms = r;
-    return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(end, t[i].name) != 0)
+            continue;
+        if (mul_checked(v, t[i].mult, &r) == -1)
+            return -1;
+        *out = r;
+        return 0;
+    }
+    return -1;
+}
+
+int
+units_duration_ms(const char *s, uint64_t *out_ms)
+{
+    static const struct suffix t[] = {
+        { "", 1000 },           /* a bare number is seconds */
+        { "s", 1000 },
+        { "ms", 1 },
+        { "m", 60 * 1000 },
+        { "h", 60 * 60 * 1000 },
+    };
+    return parse_scaled(s, t, sizeof t / sizeof t[0], out_ms);
 }
 
 int
 units_size(const char *s, uint64_t *out)
 {
-    uint64_t v, mult, r;
-    const char *end = parse_digits(s, &v);
-
-    if (end == NULL)
-        return -1;
-    if (*end == '\0')
-        mult = 1;
-    else if (strcasecmp(end, "k") == 0)
-        mult = 1024;
-    else if (strcasecmp(end, "m") == 0)
-        mult = 1024 * 1024;
-    else if (strcasecmp(end, "g") == 0)
-        mult = 1024 * 1024 * 1024;
-    else
-        return -1;
-    if (mul_checked(v, mult, &r) == -1)
-        return -1;
-    *out = r;
-    return 0;
+    static const struct suffix t[] = {
+        { "", 1 },
+        { "k", 1024 },
+        { "m", 1024 * 1024 },
+        { "g", 1024 * 1024 * 1024 },
+    };
+    return parse_scaled(s, t, sizeof t / sizeof t[0], out);
 }
 
 int
