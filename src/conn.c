@@ -1213,8 +1213,7 @@ conn_watch(struct conn *c)
             struct side *s = sides[i];
             struct dir *in = s == &c->cli ? &c->up : &c->down;
             struct dir *out = s == &c->cli ? &c->down : &c->up;
-            int pending = (out->b && out->b->pos < out->b->parsed) ||
-                          out->ctl_len;
+            int pending = dir_pending(out);
             int rd = (dir_room(in) && !s->eof) || s->wr_wants_rd;
             int wr = (pending && s->wblocked) || s->rd_wants_wr;
             side_watch(c, s, rd, wr);

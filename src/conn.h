@@ -22,8 +22,9 @@ struct worker;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
                  socklen_t salen);
 
-/* Draining: close every live session of w with 1001 (drain_timeout
- * passed), or refuse new requests with 503 (now = 0). */
+/* drain_timeout passed: close every relaying session of w with 1001
+ * (requests still in their handshake are refused with 503 by the policy
+ * step, which checks w->draining). */
 void conn_drain_all(struct worker *w);
 
 #endif

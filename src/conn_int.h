@@ -93,6 +93,7 @@ struct dir {
                                    close of wsguard's own, for dst */
     const char *why;            /* reason for the close code dir_parse
                                    returned, for the log */
+    uint8_t enf;                /* enum enforce of a 1008 from a limit */
     uint64_t bytes, msgs;       /* relayed in this direction */
 };
 
@@ -135,7 +136,6 @@ struct conn {
     struct conn *prev, *next;   /* worker's list */
     enum conn_state state;
     unsigned dead : 1;
-    unsigned in_callback : 1;
     unsigned failing : 1;       /* wsguard is ending the session */
     unsigned relayed : 1;       /* reached RELAY */
     unsigned logged : 1;
@@ -200,5 +200,6 @@ void relay_start(struct conn *c);
 void relay_settle(struct conn *c);
 void relay_io(struct conn *c, struct side *s, int revents);
 int dir_room(const struct dir *d);
+int dir_pending(const struct dir *d);
 
 #endif

@@ -251,6 +251,7 @@ limit_control(struct conn *c, struct dir *d, const struct ws_header *h)
                     ev_now(c->w->loop), 0))
         return 0;
     d->why = "control frame rate exceeded";
+    d->enf = ENF_CONTROL;
     return WS_CLOSE_POLICY;
 }
 
@@ -268,6 +269,7 @@ limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
         double burst = p->message_burst ? (double)p->message_burst : rate;
         if (!bucket_take(&c->b_msgs, rate, burst, 1, now, 0)) {
             d->why = "message rate exceeded";
+            d->enf = ENF_RATE;
             return WS_CLOSE_POLICY;
         }
     }
@@ -275,6 +277,7 @@ limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
         double rate = (double)p->bytes_per_second;
         if (!bucket_take(&c->b_bytes, rate, rate, (double)h->len, now, 1)) {
             d->why = "byte rate exceeded";
+            d->enf = ENF_RATE;
             return WS_CLOSE_POLICY;
         }
     }
@@ -600,6 +603,13 @@ dir_flush(struct conn *c, struct dir *d)
     }
 }
 
+/* Has d bytes (relayed or its own) waiting for its destination? */
+int
+dir_pending(const struct dir *d)
+{
+    return (d->b && d->b->pos < d->b->parsed) || d->ctl_len;
+}
+
 /* Can d take more bytes from its source right now? */
 int
 dir_room(const struct dir *d)
@@ -631,14 +641,12 @@ dir_process(struct conn *c, struct dir *d)
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
-    char why[96];
-    snprintf(why, sizeof why, "%s %s", d->from_client ? "client" : "backend",
+    snprintf(c->why_buf, sizeof c->why_buf, "%s %s",
+             d->from_client ? "client" : "backend",
              d->why ? d->why : "protocol error");
-    snprintf(c->why_buf, sizeof c->why_buf, "%s", why);
     enforced(c, code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
-                : code == WS_CLOSE_POLICY
-                    ? (strstr(why, "control") ? ENF_CONTROL : ENF_RATE)
-                    : ENF_PROTOCOL);
+                : code == WS_CLOSE_POLICY ? (enum enforce)d->enf
+                                          : ENF_PROTOCOL);
     if (d->from_client)
         relay_fail(c, code, code, c->why_buf, "wsguard");
     else
@@ -777,8 +785,7 @@ relay_settle(struct conn *c)
         struct dir *out = s == &c->cli ? &c->down : &c->up;
         if (s->fd == -1)
             continue;
-        int pending = (out->b && out->b->pos < out->b->parsed) ||
-                      out->ctl_len;
+        int pending = dir_pending(out);
         if (s->sent_close && s->got_close && !s->lingering && !s->eof &&
             !s->kill) {
             side_linger(c, s);
@@ -836,9 +843,6 @@ relay_io(struct conn *c, struct side *s, int revents)
 
     if ((revents & EV_WRITE) || ((revents & EV_READ) && s->wr_wants_rd))
         dir_flush(c, out);
-    if ((revents & EV_READ) || ((revents & EV_WRITE) && s->rd_wants_wr)) {
+    if ((revents & EV_READ) || ((revents & EV_WRITE) && s->rd_wants_wr))
         dir_pump(c, in);
-        /* A full buffer may have been waiting for this side's reads. */
-    }
-    /* Writing to the other side may have made room for this one. */
 }

@@ -86,7 +86,7 @@ struct stats {
     atomic_uint_fast64_t sessions;          /* reached the relay */
     atomic_uint_fast64_t rejected;
     atomic_uint_fast64_t active;
-    atomic_uint_fast64_t bytes_in, bytes_out, msgs_in, msgs_out;
+    atomic_uint_fast64_t bytes_in, bytes_out;  /* relayed, both legs */
 };
 
 struct buf;

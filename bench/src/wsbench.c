@@ -559,11 +559,11 @@ http_input(struct conn *c, const uint8_t *p, size_t n)
     return r;
 }
 
-/* 1 = finished normally, 0 = continue, -1 = failed */
+/* Write what is queued in c->out until the socket (or TLS) would block.
+ * Returns 0, or -1 on an error (last_err set). */
 static int
-do_io(struct conn *c)
+flush_out(struct conn *c)
 {
-    /* flush */
     while (obuf_pending(&c->out)) {
         const uint8_t *b = c->out.b + c->out.off;
         size_t len = obuf_pending(&c->out);
@@ -589,6 +589,16 @@ do_io(struct conn *c)
         }
         c->out.off += (size_t)n;
     }
+    return 0;
+}
+
+/* 1 = finished normally, 0 = continue, -1 = failed */
+static int
+do_io(struct conn *c)
+{
+    /* flush */
+    if (flush_out(c) == -1)
+        return -1;
     /* read */
     for (;;) {
         ssize_t n;
@@ -644,31 +654,8 @@ do_io(struct conn *c)
         }
     }
     /* anything queued by the input (echo replies, next messages) */
-    while (obuf_pending(&c->out)) {
-        const uint8_t *b = c->out.b + c->out.off;
-        size_t len = obuf_pending(&c->out);
-        ssize_t n;
-        if (c->ssl) {
-            int r = SSL_write(c->ssl, b, len > (1u << 30) ? (int)(1u << 30) : (int)len);
-            if (r <= 0) {
-                int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
-                    break;
-                last_err = "SSL_write";
-                return -1;
-            }
-            n = r;
-        } else {
-            n = write(c->fd, b, len);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR)
-                    break;
-                last_err = "write";
-                return -1;
-            }
-        }
-        c->out.off += (size_t)n;
-    }
+    if (flush_out(c) == -1)
+        return -1;
     set_events(c, EPOLLIN | (obuf_pending(&c->out) ? EPOLLOUT : 0));
     return 0;
 }
