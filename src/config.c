@@ -20,6 +20,7 @@
  */
 #include "config.h"
 #include "config_table.h"
+#include "path.h"
 #include "units.h"
 
 #include <arpa/inet.h>
@@ -999,6 +1000,27 @@ route_header(struct loader *l, const char *p)
         file_error(l, l->lineno, "route prefix \"%s\" must start with "
                    "\"/\"", p);
         return;
+    }
+    {
+        /* Requests are routed on their normalised path, so a prefix
+         * that is not itself normalised could never match as written. */
+        size_t n = strlen(p);
+        char *norm = malloc(n + 1);
+        const char *why = NULL;
+        int m = norm != NULL ? path_normalize(p, n, norm, n + 1, &why) : -1;
+
+        if (m < 0 || (size_t)m != n || memcmp(norm, p, n) != 0) {
+            if (m < 0)
+                file_error(l, l->lineno, "route prefix \"%s\": %s", p,
+                           why != NULL ? why : "out of memory");
+            else
+                file_error(l, l->lineno, "route prefix \"%s\" is not in "
+                           "normal form (requests are routed on their "
+                           "normalised path): write \"%s\"", p, norm);
+            free(norm);
+            return;
+        }
+        free(norm);
     }
     if ((r = find_route(l, p)) != NULL) {
         file_error(l, l->lineno, "duplicate [route %s] (first at line %d)",

@@ -116,6 +116,7 @@ struct config {
     char *user;                 /* NULL or "" = keep */
     bool proxy_protocol;
     struct strlist trusted_proxies;
+    bool allow_underscore_headers;  /* forward client headers with '_' */
 
     /* [tls] */
     bool tls_enabled;

@@ -46,7 +46,9 @@
 #include "jwt.h"
 #include "log.h"
 #include "netaddr.h"
+#include "field.h"
 #include "origin.h"
+#include "path.h"
 #include "upgrade.h"
 #include "utf8.h"
 #include "worker.h"
@@ -70,16 +72,19 @@ hs_free(struct hs *h)
     free(h->head);
     free(h->out);
     free(h->bhead);
+    free(h->ntarget);
     free(h->target);
     free(h->extra);
-    free(h->owned_drop);
+    free(h->edit_value);
     free(h);
 }
 
 /* ------------------------------------------------------------------ */
 /* State, timer, teardown                                              */
 
-static void conn_refuse(struct conn *c, int status, const char *reason);
+static void conn_refuse(struct conn *c, enum refusal kind,
+                        const char *reason);
+static void conn_drop(struct conn *c, enum refusal kind, const char *reason);
 
 static ev_tstamp
 ms(uint64_t v)
@@ -169,8 +174,7 @@ conn_timeout(struct conn *c)
     case CS_PROXY:
     case CS_TLS_HANDSHAKE:
     case CS_REQ_READ:
-        c->reason = "handshake timeout";
-        c->dead = 1;
+        conn_drop(c, REF_HANDSHAKE_TIMEOUT, "handshake timeout");
         break;
     case CS_REFUSING:
         c->dead = 1;
@@ -178,11 +182,10 @@ conn_timeout(struct conn *c)
     case CS_BE_CONNECT:
     case CS_BE_SEND:
     case CS_BE_READ:
-        conn_refuse(c, 504, "backend timeout");
+        conn_refuse(c, REF_BACKEND_TIMEOUT, "backend timeout");
         break;
     case CS_CLI_101:
-        c->reason = "client did not read the 101";
-        c->dead = 1;
+        conn_drop(c, REF_HANDSHAKE_TIMEOUT, "client did not read the 101");
         break;
     case CS_RELAY:
         relay_timeout(c, now);
@@ -219,6 +222,11 @@ conn_log(struct conn *c)
     if (c->logged)
         return;
     c->logged = 1;
+    /* Every connection that ends before the relay is counted here, once,
+     * under the kind that ended it. */
+    if (!c->relayed)
+        atomic_fetch_add_explicit(&c->w->st.rejected[c->ref], 1,
+                                  memory_order_relaxed);
     struct access_rec r = {0};
     r.event = c->relayed ? "session" : "reject";
     r.client_ip = c->client_ip;
@@ -464,15 +472,30 @@ conn_refusing_io(struct conn *c)
         conn_linger(c);
 }
 
+/* End a connection before its 101 without an answer (the peer is gone,
+ * or speaks no HTTP yet): counted and logged under kind. */
 static void
-conn_refuse(struct conn *c, int status, const char *reason)
+conn_drop(struct conn *c, enum refusal kind, const char *reason)
+{
+    c->ref = kind;
+    c->reason = reason != NULL ? reason : refusal_info[kind].text;
+    c->dead = 1;
+}
+
+/* Answer the client with status (0 = the kind's own) and a one-line
+ * body, then close; counted and logged under kind with reason. */
+static void
+conn_refuse_status(struct conn *c, enum refusal kind, int status,
+                   const char *reason)
 {
     char buf[512];
 
+    if (status == 0)
+        status = refusal_info[kind].status;
+    c->ref = kind;
     c->status = status;
-    c->reason = reason;
-    atomic_fetch_add(&c->w->st.rejected, 1);
-    log_info("refused %s: %d %s", c->client_ip, status, reason);
+    c->reason = reason != NULL ? reason : refusal_info[kind].text;
+    log_info("refused %s: %d %s", c->client_ip, status, c->reason);
     side_close(c, &c->be);
     int n = upgrade_refusal(buf, sizeof buf, status, NULL, 0);
     free(c->hs->out);
@@ -486,6 +509,12 @@ conn_refuse(struct conn *c, int status, const char *reason)
     c->hs->out_off = 0;
     conn_set_state(c, CS_REFUSING);
     conn_refusing_io(c);
+}
+
+static void
+conn_refuse(struct conn *c, enum refusal kind, const char *reason)
+{
+    conn_refuse_status(c, kind, 0, reason);
 }
 
 static void be_connect(struct conn *c);
@@ -535,27 +564,25 @@ conn_ip_check(struct conn *c)
 }
 
 /* Behind a trusted proxy the client is the rightmost address of
- * X-Forwarded-For that is not itself a trusted proxy. */
+ * X-Forwarded-For that is not itself a trusted proxy. However long the
+ * header: a client that pads it must not make wsguard fall back to
+ * counting it under the proxy's address. */
 static void
 conn_client_from_xff(struct conn *c)
 {
-    char joined[2048], ip[INET6_ADDRSTRLEN + 8];
-    size_t len = 0;
+    const struct http_request *req = &c->hs->req;
+    const char *v[MAX_HEADERS];
+    size_t len[MAX_HEADERS], n = 0;
+    char ip[INET6_ADDRSTRLEN + 8];
 
-    for (size_t i = 0; i < c->hs->req.nheaders; i++) {
-        const struct http_header *h = &c->hs->req.headers[i];
-        if (!http_eq(h->name, h->name_len, "x-forwarded-for"))
-            continue;
-        if (len + h->value_len + 2 > sizeof joined)
-            return;             /* absurdly long: keep the peer */
-        if (len) {
-            memcpy(joined + len, ", ", 2);
-            len += 2;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (http_eq(h->name, h->name_len, "x-forwarded-for")) {
+            v[n] = h->value;
+            len[n++] = h->value_len;
         }
-        memcpy(joined + len, h->value, h->value_len);
-        len += h->value_len;
     }
-    if (len == 0 || xff_client(joined, len, c->rt->trusted, ip,
+    if (n == 0 || xff_client_v(v, len, n, c->rt->trusted, ip,
                                sizeof ip) != 0)
         return;
     struct ip_key k;
@@ -586,124 +613,172 @@ strcat_alloc(char *a, size_t *alen, const char *b, size_t blen)
     return n;
 }
 
-/* Append "Name: value\r\n" to c->hs->extra and remove the client's header of
- * that name (it is replaced). */
-static int
-conn_replace_header(struct conn *c, const char *name, const char *v,
-                    size_t vlen)
+static const char *
+token_refusal(int r)
 {
-    if (c->hs->ndrop < sizeof c->hs->drop / sizeof c->hs->drop[0])
-        c->hs->drop[c->hs->ndrop++] = name;
-    if (vlen == 0)
+    switch (r) {
+    case JWT_NO_TOKEN:
+        return "token missing";
+    case JWT_TWO_TOKENS:
+        return "two tokens";
+    default:
+        return "token too large";
+    }
+}
+
+/* Cut the verified token from what the backend receives: the query
+ * parameter, the header, or the cookie pair or protocol entry inside its
+ * one header (every other header of that name stays as it is). */
+static int
+conn_cut_token(struct conn *c, const struct jwt_verifier *v)
+{
+    struct hs *hs = c->hs;
+    const struct jwt_token *t = &hs->tok;
+    size_t cap;
+    int n;
+
+    switch (t->source) {
+    case JWT_SRC_QUERY:
+        cap = hs->req.target_len + 1;
+        if ((hs->target = malloc(cap)) == NULL)
+            return -1;
+        n = jwt_strip(v, t, &hs->req, hs->target, cap);
+        if (n < 0)
+            return -1;
+        hs->target_len = (size_t)n;
         return 0;
-    c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, name, strlen(name));
-    if (c->hs->extra)
-        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, ": ", 2);
-    if (c->hs->extra)
-        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, v, vlen);
-    if (c->hs->extra)
-        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, "\r\n", 2);
-    return c->hs->extra ? 0 : -1;
+    case JWT_SRC_HEADER:
+        hs->edit[t->hidx].drop = 1;
+        return 0;
+    case JWT_SRC_COOKIE:
+    case JWT_SRC_PROTOCOL:
+        /* Rebuilt with "; " or ", " between elements: at most twice the
+         * length of the value. */
+        cap = 2 * t->header->value_len + 2;
+        if ((hs->edit_value = malloc(cap)) == NULL)
+            return -1;
+        n = jwt_strip(v, t, &hs->req, hs->edit_value, cap);
+        if (n < 0)
+            return -1;
+        if (n == 0) {
+            hs->edit[t->hidx].drop = 1;
+        } else {
+            hs->edit[t->hidx].value = hs->edit_value;
+            hs->edit[t->hidx].value_len = (size_t)n;
+        }
+        return 0;
+    default:
+        return -1;
+    }
 }
 
 /* [jwt]: find, verify, and keep the token away from the backend and the
- * log. Returns 0, or -1 after refusing the client with 401. */
+ * log. Returns 0, or -1 after refusing the client. */
 static int
 conn_jwt(struct conn *c, const struct jwt_verifier *v)
 {
-    const struct policy *p = c->pol;
+    struct hs *hs = c->hs;
     char buf[8192];
     const char *why = NULL;
-
-    int r = jwt_extract(v, &c->hs->req, &c->hs->tok);
-    if (r <= 0) {
-        conn_refuse(c, 401, r == 0 ? "token missing" : "token too large");
-        return -1;
-    }
-    if (c->hs->tok.source == JWT_SRC_QUERY) {
-        /* The log never shows the token, whatever forward_token says. */
-        int n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
-        if (n < 0) {
-            conn_refuse(c, 401, "malformed token");
-            return -1;
-        }
-        free(c->path);
-        c->path = dupn(buf, (size_t)n);
-        if (!p->jwt_forward_token) {
-            c->hs->target = dupn(buf, (size_t)n);
-            c->hs->target_len = (size_t)n;
-            if (c->hs->target == NULL) {
-                /* Never fall back to the target that holds the token. */
-                conn_refuse(c, 503, "out of memory");
-                return -1;
-            }
-        }
-    } else {
-        free(c->path);
-        c->path = dupn(c->hs->req.target, c->hs->req.target_len);
-    }
     struct jwt_result res;
-    if (jwt_verify(v, c->hs->tok.tok, c->hs->tok.len, (int64_t)ev_now(c->w->loop),
-                   &res, &why) != 0) {
-        conn_refuse(c, 401, why ? why : "invalid token");
+
+    int r = jwt_extract(v, &hs->req, &hs->tok);
+    if (r != JWT_FOUND) {
+        conn_refuse(c, REF_JWT, token_refusal(r));
         return -1;
     }
-    if (res.sub[0])
-        c->sub = strdup(res.sub);
+    if (jwt_verify(v, hs->tok.tok, hs->tok.len, (int64_t)ev_now(c->w->loop),
+                   &res, &why) != 0) {
+        conn_refuse(c, REF_JWT, why);
+        return -1;
+    }
+    c->sub = res.sub;
+    res.sub = NULL;
     c->tok_exp = res.exp;
     c->tok_leeway = jwt_leeway(v);
 
-    /* Claims for the backend; client headers with those names go. */
+    /* Claims for the backend; client headers with those names go (the
+     * runtime's identity list, for every route). */
     int n = jwt_claim_headers(v, &res, buf, sizeof buf);
     jwt_result_free(&res);
     if (n < 0) {
-        conn_refuse(c, 401, "claims too large");
+        conn_refuse(c, REF_JWT, "claims too large");
         return -1;
     }
-    c->hs->ndrop = jwt_claim_header_names(v, c->hs->drop, 8);
     if (n > 0) {
-        c->hs->extra = strcat_alloc(c->hs->extra, &c->hs->extra_len, buf, (size_t)n);
-        if (c->hs->extra == NULL) {
-            conn_refuse(c, 503, "out of memory");
+        hs->extra = strcat_alloc(hs->extra, &hs->extra_len, buf, (size_t)n);
+        if (hs->extra == NULL) {
+            conn_refuse(c, REF_INTERNAL, NULL);
             return -1;
         }
     }
-    if (p->jwt_forward_token)
-        return 0;
-    int rc = 0;
-    switch (c->hs->tok.source) {
-    case JWT_SRC_HEADER:
-        if (c->hs->ndrop < sizeof c->hs->drop / sizeof c->hs->drop[0]) {
-            /* The header's name, NUL-terminated, lives in extra's
-             * neighbour: copy it into the policy-independent drop list. */
-            static const char authz[] = "authorization";
-            c->hs->drop[c->hs->ndrop++] =
-                http_eq(c->hs->tok.header->name, c->hs->tok.header->name_len, authz)
-                    ? authz : NULL;
-            if (c->hs->drop[c->hs->ndrop - 1] == NULL) {
-                char *name = dupn(c->hs->tok.header->name,
-                                  c->hs->tok.header->name_len);
-                c->hs->drop[c->hs->ndrop - 1] = name;
-                c->hs->owned_drop = name;
-            }
-        }
-        break;
-    case JWT_SRC_COOKIE:
-        n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
-        rc = n < 0 ? -1 : conn_replace_header(c, "Cookie", buf, (size_t)n);
-        break;
-    case JWT_SRC_PROTOCOL:
-        n = jwt_strip(&c->hs->tok, &c->hs->req, buf, sizeof buf);
-        rc = n < 0 ? -1 : conn_replace_header(c, "Sec-WebSocket-Protocol",
-                                              buf, (size_t)n);
-        break;
-    default:
-        break;
-    }
-    if (rc != 0) {
-        conn_refuse(c, 400, "request too large");
+    if (!c->pol->jwt_forward_token && conn_cut_token(c, v) != 0) {
+        /* Never fall back to forwarding the request with the token. */
+        conn_refuse(c, REF_INTERNAL, NULL);
         return -1;
     }
+    return 0;
+}
+
+/*
+ * Normalise the request's path (path.h) and make the request read the
+ * normalised target from here on: routing, token extraction and the
+ * backend request all see the path that was checked. The access log gets
+ * that path and the query without any configured token parameter.
+ * Returns 0, or -1 after refusing with 400.
+ */
+static int
+conn_normalise(struct conn *c)
+{
+    struct hs *hs = c->hs;
+    struct http_request *req = &hs->req;
+    const char *q = memchr(req->target, '?', req->target_len);
+    size_t plen = q ? (size_t)(q - req->target) : req->target_len;
+    size_t qlen = q ? req->target_len - plen - 1 : 0;
+    const char *why = NULL;
+    int n;
+
+    hs->ntarget = malloc(req->target_len + 1);
+    if (hs->ntarget == NULL) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return -1;
+    }
+    n = path_normalize(req->target, plen, hs->ntarget, plen + 1, &why);
+    if (n < 0) {
+        conn_refuse(c, REF_BAD_PATH, why);
+        return -1;
+    }
+    size_t o = (size_t)n;
+    if (q != NULL) {
+        hs->ntarget[o++] = '?';
+        memcpy(hs->ntarget + o, q + 1, qlen);
+        o += qlen;
+    }
+    hs->ntarget[o] = '\0';
+    req->target = hs->ntarget;
+    req->target_len = o;
+    hs->ureq.path = hs->ntarget;
+    hs->ureq.path_len = (size_t)n;
+
+    /* For the log: path, then the query without token parameters. */
+    char *lp = malloc(o + 1);
+    if (lp == NULL) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return -1;
+    }
+    memcpy(lp, hs->ntarget, (size_t)n);
+    lp[n] = '\0';
+    if (q != NULL) {
+        int m = field_query_without(hs->ntarget + n + 1, qlen,
+                                    c->rt->redact, c->rt->nredact,
+                                    lp + n + 1, qlen + 1);
+        if (m > 0)
+            lp[n] = '?';
+        else
+            lp[n] = '\0';
+    }
+    free(c->path);
+    c->path = lp;
     return 0;
 }
 
@@ -716,7 +791,7 @@ conn_policy(struct conn *c)
     const struct http_request *req = &c->hs->req;
     const char *reason = NULL;
 
-    /* Until the token's place is known the log gets no query string. */
+    /* Until the path is normalised the log gets no query string. */
     size_t plen = 0;
     while (plen < req->target_len && req->target[plen] != '?')
         plen++;
@@ -729,48 +804,45 @@ conn_policy(struct conn *c)
 
     int status = upgrade_check(req, &c->hs->ureq, &reason);
     if (status != 0) {
-        conn_refuse(c, status, reason);
+        conn_refuse(c, refusal_for_status(status), reason);
         return;
     }
+    if (conn_normalise(c) != 0)
+        return;
     c->pol = config_route(cfg, c->hs->ureq.path, c->hs->ureq.path_len, &c->route);
     if (c->pol == NULL) {
-        conn_refuse(c, 404, "no route");
+        conn_refuse(c, REF_NO_ROUTE, NULL);
         return;
     }
     if (c->w->draining) {
-        conn_refuse(c, 503, "draining");
+        conn_refuse(c, REF_DRAINING, NULL);
         return;
     }
     if (cfg->max_connections &&
         atomic_load(&worker_total_conns) > cfg->max_connections) {
-        conn_refuse(c, 503, "max_connections");
+        conn_refuse(c, REF_MAX_CONNECTIONS, NULL);
         return;
     }
     if (c->peer_trusted && !c->addr_final)
         conn_client_from_xff(c);
     if (conn_ip_check(c) != 0) {
-        conn_refuse(c, 429, "per-IP connection limit");
+        conn_refuse(c, REF_IP_LIMIT, NULL);
         return;
     }
     const struct policy_rt *prt = runtime_policy(c->rt, c->pol);
     if (prt->origin != NULL) {
         if (o == NULL) {
             if (!c->pol->origin_allow_missing) {
-                conn_refuse(c, 403, "origin missing");
+                conn_refuse(c, REF_ORIGIN, "origin missing");
                 return;
             }
         } else if (!origin_allowed(prt->origin, o->value, o->value_len)) {
-            conn_refuse(c, 403, "origin not allowed");
+            conn_refuse(c, REF_ORIGIN, "origin not allowed");
             return;
         }
     }
-    if (prt->jwt != NULL) {
-        if (conn_jwt(c, prt->jwt) != 0)
-            return;
-    } else {
-        free(c->path);
-        c->path = dupn(req->target, req->target_len);
-    }
+    if (prt->jwt != NULL && conn_jwt(c, prt->jwt) != 0)
+        return;
     c->hs->be_tries = 0;
     be_connect(c);
 }
@@ -781,21 +853,21 @@ conn_req_read(struct conn *c)
     size_t cap = (size_t)cfg_of(c)->max_header_bytes;
 
     if (c->hs->head == NULL && (c->hs->head = malloc(cap + 1)) == NULL) {
-        c->dead = 1;
+        conn_drop(c, REF_INTERNAL, NULL);
         return;
     }
     for (int i = 0; i < READS_PER_EVENT; i++) {
         if (c->hs->head_len >= cap) {
-            conn_refuse(c, 431, "request head too large");
+            conn_refuse(c, REF_TOO_LARGE, NULL);
             return;
         }
         size_t last = c->hs->head_len;
         ssize_t n = side_read(&c->cli, c->hs->head + c->hs->head_len,
                               cap - c->hs->head_len);
         if (n < 0) {
-            c->reason = c->hs->head_len ? "client closed during request"
-                                    : "client closed before request";
-            c->dead = 1;
+            conn_drop(c, REF_CLIENT_CLOSED,
+                      c->hs->head_len ? "client closed during request"
+                                      : "client closed before request");
             return;
         }
         if (n == 0)
@@ -807,11 +879,11 @@ conn_req_read(struct conn *c)
         if (r == HTTP_INCOMPLETE)
             continue;
         if (r == HTTP_ERROR) {
-            conn_refuse(c, 400, "malformed request");
+            conn_refuse(c, REF_BAD_REQUEST, "malformed request");
             return;
         }
         if (r == HTTP_TOO_MANY) {
-            conn_refuse(c, 431, "too many header lines");
+            conn_refuse(c, REF_TOO_LARGE, "too many header lines");
             return;
         }
         c->hs->head_used = (size_t)r;
@@ -849,8 +921,7 @@ conn_tls_handshake(struct conn *c)
         }
         ERR_clear_error();
         c->cli.eof = 1;
-        c->reason = "tls handshake failed";
-        c->dead = 1;
+        conn_drop(c, REF_TLS, NULL);
     }
     }
 }
@@ -882,7 +953,7 @@ static void
 conn_proxy_read(struct conn *c)
 {
     if (c->hs->head == NULL && (c->hs->head = malloc(PROXY_MAX)) == NULL) {
-        c->dead = 1;
+        conn_drop(c, REF_INTERNAL, NULL);
         return;
     }
     ssize_t n = recv(c->cli.fd, c->hs->head + c->hs->head_len,
@@ -890,8 +961,7 @@ conn_proxy_read(struct conn *c)
     if (n == -1 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
-        c->reason = "client closed before PROXY header";
-        c->dead = 1;
+        conn_drop(c, REF_CLIENT_CLOSED, "client closed before PROXY header");
         return;
     }
     size_t have = c->hs->head_len + (size_t)n;
@@ -900,21 +970,21 @@ conn_proxy_read(struct conn *c)
     if (r == PROXY_INCOMPLETE && have < PROXY_MAX) {
         /* Everything so far belongs to the header: take it out. */
         if (recv(c->cli.fd, c->hs->head + c->hs->head_len, (size_t)n, 0) != n) {
-            c->dead = 1;
+            conn_drop(c, REF_CLIENT_CLOSED, "client closed in PROXY header");
             return;
         }
         c->hs->head_len = have;
         return;
     }
     if (r <= 0) {
-        c->reason = "bad PROXY protocol header";
+        conn_drop(c, REF_PROXY, have >= PROXY_MAX && r == PROXY_INCOMPLETE
+                                ? "PROXY header too large" : NULL);
         log_info("refused %s: %s", c->peer_ip, c->reason);
-        c->dead = 1;
         return;
     }
     size_t rest = (size_t)r - c->hs->head_len;
     if (recv(c->cli.fd, c->hs->head + c->hs->head_len, rest, 0) != (ssize_t)rest) {
-        c->dead = 1;
+        conn_drop(c, REF_CLIENT_CLOSED, "client closed in PROXY header");
         return;
     }
     free(c->hs->head);
@@ -954,7 +1024,7 @@ be_failed(struct conn *c, const char *why)
         be_connect(c);
         return;
     }
-    conn_refuse(c, 502, why);
+    conn_refuse(c, REF_BACKEND, why);
 }
 
 static void
@@ -967,13 +1037,13 @@ be_connect(struct conn *c)
     socklen_t sl;
 
     if (be == NULL || runtime_resolve(c->rt, be, &ss, &sl) != 0) {
-        conn_refuse(c, 502, "backend address unknown");
+        conn_refuse(c, REF_BACKEND, "backend address unknown");
         return;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     0);
     if (fd == -1) {
-        conn_refuse(c, 502, "backend socket failed");
+        conn_refuse(c, REF_BACKEND, "backend socket failed");
         return;
     }
     int one = 1;
@@ -1015,8 +1085,10 @@ be_connected(struct conn *c)
     f.add_forwarded = c->pol->forwarded_headers;
     f.trusted_peer = c->peer_trusted;
     f.key = c->hs->be_key;
-    f.drop = c->hs->drop;
-    f.ndrop = c->hs->ndrop;
+    f.drop = c->rt->identity;
+    f.ndrop = c->rt->nidentity;
+    f.edit = c->hs->edit;
+    f.allow_underscore = cfg_of(c)->allow_underscore_headers;
     f.extra = c->hs->extra;
     f.extra_len = c->hs->extra_len;
     size_t cap = c->hs->head_used + c->hs->extra_len + c->hs->ureq.host_len + 2048 +
@@ -1025,7 +1097,7 @@ be_connected(struct conn *c)
     c->hs->out = malloc(cap);
     int n = c->hs->out ? upgrade_backend_request(c->hs->out, cap, &c->hs->req, &f) : -1;
     if (n < 0) {
-        conn_refuse(c, 502, "backend request too large");
+        conn_refuse(c, REF_BACKEND, "backend request too large");
         return;
     }
     c->hs->out_len = (size_t)n;
@@ -1042,7 +1114,7 @@ static void
 be_read_response(struct conn *c)
 {
     if (c->hs->bhead == NULL && (c->hs->bhead = malloc(BE_HEAD_MAX)) == NULL) {
-        conn_refuse(c, 502, "out of memory");
+        conn_refuse(c, REF_INTERNAL, NULL);
         return;
     }
     size_t last = c->hs->bhead_len;
@@ -1051,7 +1123,7 @@ be_read_response(struct conn *c)
     if (n == 0)
         return;
     if (n < 0) {
-        conn_refuse(c, 502, "backend closed during upgrade");
+        conn_refuse(c, REF_BACKEND, "backend closed during upgrade");
         return;
     }
     c->hs->bhead_len += (size_t)n;
@@ -1061,11 +1133,11 @@ be_read_response(struct conn *c)
     int r = http_parse_response(c->hs->bhead, c->hs->bhead_len, last, &resp);
     if (r == HTTP_INCOMPLETE) {
         if (c->hs->bhead_len == BE_HEAD_MAX)
-            conn_refuse(c, 502, "backend response head too large");
+            conn_refuse(c, REF_BACKEND, "backend response head too large");
         return;
     }
     if (r < 0) {
-        conn_refuse(c, 502, "backend sent a malformed response");
+        conn_refuse(c, REF_BACKEND, "backend sent a malformed response");
         return;
     }
     const char *proto = NULL, *reason = NULL;
@@ -1074,12 +1146,12 @@ be_read_response(struct conn *c)
         /* The application's own refusal (401, 403, 404 ...) is passed on
          * by status; its body and headers are not. */
         int st = resp.status >= 400 && resp.status <= 499 ? resp.status : 502;
-        conn_refuse(c, st, "backend refused the upgrade");
+        conn_refuse_status(c, REF_BACKEND, st, "backend refused the upgrade");
         return;
     }
     if (upgrade_check_response(&resp, c->hs->be_key, &c->hs->req, &proto, &proto_len,
                                &reason) != 0) {
-        conn_refuse(c, 502, reason ? reason : "invalid 101 from backend");
+        conn_refuse(c, REF_BACKEND, reason ? reason : "invalid 101 from backend");
         return;
     }
     /* Bytes after the 101 head are the backend's first frames. */
@@ -1087,13 +1159,12 @@ be_read_response(struct conn *c)
     if (extra > 0) {
         c->down.b = worker_buf_get(c->w);
         if (c->down.b == NULL || extra > BUF_SIZE) {
-            conn_refuse(c, 502, "backend sent too much early data");
+            conn_refuse(c, REF_BACKEND, "backend sent too much early data");
             return;
         }
         memcpy(c->down.b->data, c->hs->bhead + r, extra);
         c->down.b->last = (uint32_t)extra;
     }
-    char buf[1024];
     char key[UPGRADE_KEY_LEN + 1];
     memcpy(key, c->hs->ureq.key, UPGRADE_KEY_LEN);
     key[UPGRADE_KEY_LEN] = '\0';
@@ -1104,21 +1175,24 @@ be_read_response(struct conn *c)
         proto = c->hs->tok.entry;
         proto_len = c->hs->tok.entry_len;
     }
-    int m = upgrade_client_response(buf, sizeof buf, key, proto, proto_len);
+    /* The echoed token entry can be as long as max_token_bytes. */
+    size_t cap = 256 + proto_len;
     free(c->hs->out);
-    c->hs->out = m > 0 ? malloc((size_t)m) : NULL;
-    if (c->hs->out == NULL) {
-        conn_refuse(c, 502, "invalid subprotocol");
+    if ((c->hs->out = malloc(cap)) == NULL) {
+        conn_refuse(c, REF_INTERNAL, NULL);
         return;
     }
-    memcpy(c->hs->out, buf, (size_t)m);
+    int m = upgrade_client_response(c->hs->out, cap, key, proto, proto_len);
+    if (m <= 0) {
+        conn_refuse(c, REF_BACKEND, "invalid subprotocol");
+        return;
+    }
     c->hs->out_len = (size_t)m;
     c->hs->out_off = 0;
     conn_set_state(c, CS_CLI_101);
     int w = out_flush(c, &c->cli);
     if (w < 0) {
-        c->reason = "client gone before 101";
-        c->dead = 1;
+        conn_drop(c, REF_CLIENT_CLOSED, "client gone before 101");
     } else if (w == 1) {
         relay_start(c);
     }
@@ -1265,8 +1339,7 @@ conn_io(struct conn *c, struct side *s, int revents)
     case CS_CLI_101: {
         int r = out_flush(c, &c->cli);
         if (r < 0) {
-            c->reason = "client gone before 101";
-            c->dead = 1;
+            conn_drop(c, REF_CLIENT_CLOSED, "client gone before 101");
         } else if (r == 1) {
             relay_start(c);
         }
@@ -1358,6 +1431,7 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
         return;
     }
     c->rt = runtime_ref(w->rt);
+    c->ref = REF_CLIENT_CLOSED;     /* until something else ends it */
     c->started = c->last_activity = ev_now(w->loop);
     c->cli.fd = fd;
     c->be.fd = -1;
@@ -1395,7 +1469,7 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
     if (c->rt->tls != NULL) {
         c->cli.ssl = SSL_new(c->rt->tls);
         if (c->cli.ssl == NULL || SSL_set_fd(c->cli.ssl, fd) != 1) {
-            c->reason = "out of memory";
+            conn_drop(c, REF_INTERNAL, NULL);
             conn_free(c);
             return;
         }

@@ -22,6 +22,7 @@
 #include "jwt.h"
 #include "netaddr.h"
 #include "ratelimit.h"
+#include "refuse.h"
 #include "upgrade.h"
 #include "worker.h"
 #include "ws.h"
@@ -117,15 +118,19 @@ struct hs {
     unsigned be_tries;
     const struct backend_addr *be_addr;
 
+    /* The request as checked: req.target points at ntarget once the
+     * path is normalised, and everything after (routing, the token,
+     * the backend request) reads that. */
+    char *ntarget;              /* normalised path '?' raw query */
+
     /* The token and what the backend request changes because of it. */
-    struct jwt_token tok;       /* points into head */
+    struct jwt_token tok;       /* points into ntarget or head */
     char *target;               /* request target sent on (token cut) */
     size_t target_len;
     char *extra;                /* header lines added for the backend */
     size_t extra_len;
-    const char *drop[16];       /* header names removed for the backend */
-    size_t ndrop;
-    char *owned_drop;           /* a drop name we allocated */
+    struct upgrade_edit edit[MAX_HEADERS];  /* per client header */
+    char *edit_value;           /* the one replaced value (token cut) */
 };
 
 struct conn {
@@ -167,7 +172,9 @@ struct conn {
 
     /* For the access log. */
     char why_buf[96];           /* reason text built at run time */
-    char *path;                 /* copy of the request path */
+    enum refusal ref;           /* why it ended before the relay */
+    char *path;                 /* the normalised path and the query
+                                   without any token parameter */
     char *origin;
     int status;                 /* refusal status */
     int close_code;

@@ -315,8 +315,18 @@ http_parse_response(const char *buf, size_t len, size_t last_len,
     return (int)head_len;
 }
 
-int
-http_eq(const char *s, size_t len, const char *lit)
+/* '_' and '-' compare equal: CGI, WSGI, Rack and several Go and Node
+ * frameworks map both to the same variable. */
+static unsigned char
+name_fold(unsigned char c)
+{
+    return c == '_' ? '-' : lower(c);
+}
+
+/* Counted s against C string lit, byte by byte through fold. */
+static int
+eq_folded(const char *s, size_t len, const char *lit,
+          unsigned char (*fold)(unsigned char))
 {
     size_t i;
 
@@ -324,10 +334,22 @@ http_eq(const char *s, size_t len, const char *lit)
         return 0;
     for (i = 0; i < len; i++) {
         if (lit[i] == '\0' ||
-            lower((unsigned char)s[i]) != lower((unsigned char)lit[i]))
+            fold((unsigned char)s[i]) != fold((unsigned char)lit[i]))
             return 0;
     }
     return lit[len] == '\0';
+}
+
+int
+http_eq(const char *s, size_t len, const char *lit)
+{
+    return eq_folded(s, len, lit, lower);
+}
+
+int
+http_name_eq(const char *s, size_t len, const char *lit)
+{
+    return eq_folded(s, len, lit, name_fold);
 }
 
 const struct http_header *
@@ -350,7 +372,8 @@ http_find(const struct http_header *h, size_t n, const char *name,
 }
 
 int
-http_list_has(const char *value, size_t len, const char *token)
+http_list_has_n(const char *value, size_t len, const char *token,
+                size_t token_len)
 {
     size_t i = 0;
 
@@ -369,9 +392,21 @@ http_list_has(const char *value, size_t len, const char *token)
         e = i;
         while (e > s && is_ows((unsigned char)value[e - 1]))
             e--;
-        if (e > s && http_eq(value + s, e - s, token))
-            return 1;
+        if (e > s && e - s == token_len) {
+            size_t k = 0;
+            while (k < token_len && lower((unsigned char)value[s + k]) ==
+                                        lower((unsigned char)token[k]))
+                k++;
+            if (k == token_len)
+                return 1;
+        }
         i++;                            /* skip the comma */
     }
     return 0;
+}
+
+int
+http_list_has(const char *value, size_t len, const char *token)
+{
+    return token != NULL && http_list_has_n(value, len, token, strlen(token));
 }

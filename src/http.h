@@ -61,6 +61,10 @@ int http_parse_response(const char *buf, size_t len, size_t last_len,
 /* Case-insensitive ASCII comparison of a counted string with a C string. */
 int http_eq(const char *s, size_t len, const char *lit);
 
+/* The same for a header name, where '_' and '-' also compare equal (the
+ * way CGI-style frameworks read header names). */
+int http_name_eq(const char *s, size_t len, const char *lit);
+
 /* The first header named name (case-insensitive), or NULL. If count is not
  * NULL it receives how many headers have that name. */
 const struct http_header *http_find(const struct http_header *h, size_t n,
@@ -69,5 +73,7 @@ const struct http_header *http_find(const struct http_header *h, size_t n,
 /* Does a comma-separated token list (e.g. Connection: keep-alive, Upgrade)
  * contain token, case-insensitively, as a whole element? */
 int http_list_has(const char *value, size_t len, const char *token);
+int http_list_has_n(const char *value, size_t len, const char *token,
+                    size_t token_len);
 
 #endif

@@ -32,6 +32,7 @@
 #include <openssl/rsa.h>
 
 #include "b64url.h"
+#include "field.h"
 #include "jwk.h"
 #include "jwt.h"
 
@@ -90,6 +91,7 @@ struct jwt_verifier {
     struct jwt_src_cfg *sources;
     size_t nsources;
     struct jwt_claim_map *claims;
+    const char **claim_headers; /* claims[i].header, for the caller */
     size_t nclaims;
 };
 
@@ -168,7 +170,8 @@ parse_claims(struct jwt_verifier *v, const struct strlist *l, char *err,
     if (l->n == 0)
         return 0;
     v->claims = calloc(l->n, sizeof *v->claims);
-    if (v->claims == NULL) {
+    v->claim_headers = calloc(l->n, sizeof *v->claim_headers);
+    if (v->claims == NULL || v->claim_headers == NULL) {
         snprintf(err, cap, "out of memory");
         return -1;
     }
@@ -190,6 +193,7 @@ parse_claims(struct jwt_verifier *v, const struct strlist *l, char *err,
         }
         v->claims[i].claim = strndup(s, (size_t)(colon - s));
         v->claims[i].header = strdup(colon + 1);
+        v->claim_headers[i] = v->claims[i].header;
         v->nclaims = i + 1;
         if (v->claims[i].claim == NULL || v->claims[i].header == NULL) {
             snprintf(err, cap, "out of memory");
@@ -337,6 +341,7 @@ jwt_verifier_free(struct jwt_verifier *v)
         free(v->claims[i].header);
     }
     free(v->claims);
+    free(v->claim_headers);
     free(v);
 }
 
@@ -380,71 +385,77 @@ list_next(const char *v, size_t len, char sep, size_t *pos, size_t *s,
 }
 
 /*
- * Record a candidate token; a second one in the same source is an
- * ambiguity (?access_token=A&access_token=B, two Authorization headers):
- * whichever we verified, the other could reach the backend and be
- * trusted there, so such a request is refused (-1).
+ * Every place a configured source names is a candidate: every query
+ * parameter and cookie whose name a backend could read as the configured
+ * one (field.h), every header of the configured name (Authorization of
+ * any scheme), every protocol entry with the prefix. One candidate is
+ * the token; a second, in the same source or in any other, is refused:
+ * whichever one wsguard verified, the backend could read the other and
+ * trust it. A candidate that cannot be a token (Authorization: Basic)
+ * still occupies its source.
  */
+struct cands {
+    struct jwt_token *t;
+    int n;                      /* candidates seen */
+};
+
 static int
-found(struct jwt_token *t, int *n, enum jwt_source kind, const char *tok,
-      size_t len, const struct http_header *h, const char *entry,
-      size_t entry_len)
+found(struct cands *c, const struct jwt_src_cfg *s, const char *tok,
+      size_t len, const struct http_request *req,
+      const struct http_header *h, const char *entry, size_t entry_len)
 {
-    if (++*n > 1)
+    if (++c->n > 1)
         return -1;
-    t->source = kind;
-    t->tok = tok;
-    t->len = len;
-    t->header = h;
-    t->entry = entry;
-    t->entry_len = entry_len;
+    c->t->source = s->kind;
+    c->t->name = s->name;
+    c->t->tok = tok;
+    c->t->len = len;
+    c->t->header = h;
+    c->t->hidx = h != NULL ? (size_t)(h - req->headers) : 0;
+    c->t->entry = entry;
+    c->t->entry_len = entry_len;
     return 0;
 }
 
 static int
 from_query(const struct jwt_src_cfg *s, const struct http_request *req,
-           struct jwt_token *t, int *n)
+           struct cands *c)
 {
     const char *q = memchr(req->target, '?', req->target_len);
-    const char *end = req->target + req->target_len;
+    size_t pos = 0;
+    struct field f;
 
     if (q == NULL)
         return 0;
-    /* Elements are taken raw: no trimming and no percent-decoding.
-     * base64url and '.' need no encoding, so an encoded token is not a
-     * token we issued; it fails as malformed later. */
-    for (const char *p = q + 1; p <= end;) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *e = amp != NULL ? amp : end;
-        const char *eq = memchr(p, '=', (size_t)(e - p));
-
-        if (eq != NULL && (size_t)(eq - p) == s->len
-            && memcmp(p, s->name, s->len) == 0
-            && found(t, n, JWT_SRC_QUERY, eq + 1, (size_t)(e - eq - 1),
-                     NULL, p, (size_t)(e - p)) == -1)
+    q++;
+    while (field_query_next(q, req->target_len - (size_t)(q - req->target),
+                            &pos, &f)) {
+        if (field_name_is(f.name, f.name_len, s->name)
+            && found(c, s, f.value, f.value_len, req, NULL,
+                     f.raw, f.raw_len) == -1)
             return -1;
-        p = e + 1;
     }
     return 0;
 }
 
 static int
 from_header(const struct jwt_src_cfg *s, const struct http_request *req,
-            struct jwt_token *t, int *n)
+            struct cands *c)
 {
     for (size_t i = 0; i < req->nheaders; i++) {
         const struct http_header *h = &req->headers[i];
         const char *tok = h->value;
         size_t len = h->value_len;
 
-        if (!http_eq(h->name, h->name_len, s->name))
+        /* X_Token is X-Token to CGI-style frameworks. */
+        if (!http_name_eq(h->name, h->name_len, s->name))
             continue;
         if (s->bearer) {
             /* RFC 6750 §2.1: "Bearer" 1*SP b64token; the scheme is
              * case-insensitive (RFC 9110 §11.1). Another scheme (Basic)
-             * is not ours: not a token, but still counted below. */
+             * is not ours: not a token, but it occupies the source. */
             if (len < 7 || !http_eq(tok, 6, "bearer") || tok[6] != ' ') {
-                if (++*n > 1)
+                if (++c->n > 1)
                     return -1;
                 continue;
             }
@@ -455,7 +466,7 @@ from_header(const struct jwt_src_cfg *s, const struct http_request *req,
                 len--;
             }
         }
-        if (found(t, n, JWT_SRC_HEADER, tok, len, h, h->value,
+        if (found(c, s, tok, len, req, h, h->value,
                   h->value_len) == -1)
             return -1;
     }
@@ -463,32 +474,46 @@ from_header(const struct jwt_src_cfg *s, const struct http_request *req,
 }
 
 static int
-from_list(const struct jwt_src_cfg *s, const struct http_request *req,
-          struct jwt_token *t, int *n)
+from_cookie(const struct jwt_src_cfg *s, const struct http_request *req,
+            struct cands *c)
 {
-    bool cookie = s->kind == JWT_SRC_COOKIE;
-    const char *hname = cookie ? "cookie" : "sec-websocket-protocol";
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct http_header *h = &req->headers[i];
+        size_t pos = 0;
+        struct field f;
 
+        if (!http_eq(h->name, h->name_len, "cookie"))
+            continue;
+        while (field_cookie_next(h->value, h->value_len, &pos, &f)) {
+            if (field_name_is(f.name, f.name_len, s->name)
+                && found(c, s, f.value, f.value_len, req, h,
+                         f.raw, f.raw_len) == -1)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+from_protocol(const struct jwt_src_cfg *s, const struct http_request *req,
+              struct cands *c)
+{
     for (size_t i = 0; i < req->nheaders; i++) {
         const struct http_header *h = &req->headers[i];
         size_t pos = 0, b, e;
 
-        if (!http_eq(h->name, h->name_len, hname))
+        if (!http_eq(h->name, h->name_len, "sec-websocket-protocol"))
             continue;
-        while (list_next(h->value, h->value_len, cookie ? ';' : ',', &pos,
-                         &b, &e)) {
+        /* A protocol entry is PREFIX immediately followed by the token;
+         * subprotocol names compare exactly (RFC 6455 §4.1). */
+        while (list_next(h->value, h->value_len, ',', &pos, &b, &e)) {
             const char *el = h->value + b;
             size_t len = e - b;
 
-            /* RFC 6265 §4.2.1: cookie-pair = name "=" value, no spaces
-             * around "="; a protocol entry is PREFIX immediately followed
-             * by the token. */
-            if (len < s->len + (cookie ? 1 : 0)
-                || memcmp(el, s->name, s->len) != 0
-                || (cookie && el[s->len] != '='))
+            if (len < s->len || memcmp(el, s->name, s->len) != 0)
                 continue;
-            if (found(t, n, s->kind, el + s->len + (cookie ? 1 : 0),
-                      len - s->len - (cookie ? 1 : 0), h, el, len) == -1)
+            if (found(c, s, el + s->len, len - s->len, req,
+                      h, el, len) == -1)
                 return -1;
         }
     }
@@ -499,33 +524,37 @@ int
 jwt_extract(const struct jwt_verifier *v, const struct http_request *req,
             struct jwt_token *t)
 {
+    struct cands c = { t, 0 };
+
     memset(t, 0, sizeof *t);
     for (size_t i = 0; i < v->nsources; i++) {
         const struct jwt_src_cfg *s = &v->sources[i];
-        int n = 0, rc;
+        int rc;
 
         switch (s->kind) {
         case JWT_SRC_QUERY:
-            rc = from_query(s, req, t, &n);
+            rc = from_query(s, req, &c);
             break;
         case JWT_SRC_HEADER:
-            rc = from_header(s, req, t, &n);
+            rc = from_header(s, req, &c);
+            break;
+        case JWT_SRC_COOKIE:
+            rc = from_cookie(s, req, &c);
             break;
         default:
-            rc = from_list(s, req, t, &n);
+            rc = from_protocol(s, req, &c);
             break;
         }
         if (rc == -1) {
             memset(t, 0, sizeof *t);
-            return -1;
-        }
-        if (t->source != JWT_SRC_NONE) {
-            if (v->max_token != 0 && t->len > v->max_token)
-                return -1;
-            return 1;
+            return JWT_TWO_TOKENS;
         }
     }
-    return 0;
+    if (t->source == JWT_SRC_NONE)
+        return JWT_NO_TOKEN;
+    if (v->max_token != 0 && t->len > v->max_token)
+        return JWT_TOO_LARGE;
+    return JWT_FOUND;
 }
 
 /* ---- stripping */
@@ -568,8 +597,8 @@ rebuild(const char *v, size_t len, char sep, const char *skip,
 }
 
 int
-jwt_strip(const struct jwt_token *t, const struct http_request *req,
-          char *out, size_t cap)
+jwt_strip(const struct jwt_verifier *v, const struct jwt_token *t,
+          const struct http_request *req, char *out, size_t cap)
 {
     size_t o = 0;
 
@@ -578,38 +607,32 @@ jwt_strip(const struct jwt_token *t, const struct http_request *req,
     switch (t->source) {
     case JWT_SRC_QUERY: {
         const char *q = memchr(req->target, '?', req->target_len);
-        size_t plen, qlen, pos = 0;
+        size_t plen, qlen;
+        int n;
 
         if (q == NULL
             || !inside(t->entry, t->entry_len, q + 1,
                        req->target_len - (size_t)(q + 1 - req->target)))
             return -1;
         plen = (size_t)(q - req->target);
-        if (plen >= cap)
+        qlen = req->target_len - plen - 1;
+        if (plen + 1 >= cap)
             return -1;
         memcpy(out, req->target, plen);
+        /* Every parameter a backend could read under the token's name
+         * goes: there is exactly one, the token (jwt_extract refused a
+         * second). */
+        if (t->name == NULL)
+            return -1;
+        n = field_query_without(q + 1, qlen,
+                                &t->name, 1,
+                                out + plen + 1, cap - plen - 1);
+        if (n < 0)
+            return -1;
         o = plen;
-        q++;
-        qlen = req->target_len - plen - 1;
-        /* Query elements are copied raw (no trimming): only the token
-         * parameter and empty elements are dropped. */
-        {
-            bool any = false;
-
-            while (pos <= qlen) {
-                const char *amp = memchr(q + pos, '&', qlen - pos);
-                size_t end = amp ? (size_t)(amp - q) : qlen;
-
-                if (end > pos && q + pos != t->entry) {
-                    if (o + 1 + (end - pos) >= cap)
-                        return -1;
-                    out[o++] = any ? '&' : '?';
-                    memcpy(out + o, q + pos, end - pos);
-                    o += end - pos;
-                    any = true;
-                }
-                pos = end + 1;
-            }
+        if (n > 0) {
+            out[plen] = '?';
+            o += 1 + (size_t)n;
         }
         break;
     }
@@ -789,8 +812,15 @@ json_segment(const char *s, size_t len)
     return j;
 }
 
-/* A NumericDate claim (RFC 7519 §2): absent (0), present (1, *c filled),
- * or not a number (-1). */
+/*
+ * A NumericDate claim (RFC 7519 §2): absent (0), present (1, *c filled),
+ * or malformed (-1). Only dates from 1970 to the end of year 9999 are
+ * accepted, so that adding the leeway (at most a day) or comparing with
+ * the clock can never overflow, and a float such as 1e300 is not
+ * silently clamped into something that looks valid.
+ */
+#define NUMERIC_DATE_MAX INT64_C(253402300799)  /* 9999-12-31T23:59:59Z */
+
 struct num {
     bool real;
     json_int_t i;
@@ -807,17 +837,18 @@ num_claim(json_t *o, const char *name, struct num *c)
     if (json_is_integer(m)) {
         c->real = false;
         c->i = json_integer_value(m);
-        return 1;
+        return c->i >= 0 && c->i <= NUMERIC_DATE_MAX ? 1 : -1;
     }
     if (json_is_real(m)) {
         c->real = true;
         c->d = json_real_value(m);
-        return 1;
+        /* NaN fails both comparisons. */
+        return c->d >= 0.0 && c->d <= (double)NUMERIC_DATE_MAX ? 1 : -1;
     }
     return -1;
 }
 
-/* Sign of c - t, computed without overflow for every c. */
+/* Sign of c - t, for t within the range of num_claim. */
 static int
 num_cmp(const struct num *c, int64_t t)
 {
@@ -826,16 +857,12 @@ num_cmp(const struct num *c, int64_t t)
     return c->i < t ? -1 : c->i > t ? 1 : 0;
 }
 
+/* Whole seconds (a fractional exp is rounded down: it has passed once
+ * its second has begun). */
 static int64_t
 num_seconds(const struct num *c)
 {
-    if (!c->real)
-        return c->i;
-    if (c->d >= 9.2e18)
-        return INT64_MAX;
-    if (c->d <= -9.2e18)
-        return INT64_MIN;
-    return (int64_t)c->d;
+    return c->real ? (int64_t)c->d : (int64_t)c->i;
 }
 
 static bool
@@ -860,7 +887,7 @@ check_claims(const struct jwt_verifier *v, json_t *pl, int64_t now,
     json_t *sub = json_object_get(pl, "sub");
 
     if (has_exp < 0 || has_nbf < 0 || has_iat < 0) {
-        *reason = "malformed";
+        *reason = "malformed time claim";
         return -1;
     }
     if (has_exp == 0 && v->require_exp) {
@@ -915,8 +942,16 @@ check_claims(const struct jwt_verifier *v, json_t *pl, int64_t now,
             return -1;
         }
     }
-    if (json_is_string(sub) && json_string_length(sub) < sizeof r->sub)
-        memcpy(r->sub, json_string_value(sub), json_string_length(sub) + 1);
+    /* Any length: a sub cut short (or dropped) would later fail to match
+     * a revocation naming it. A sub with a NUL inside is kept to its
+     * first NUL for the log. */
+    if (json_is_string(sub)) {
+        r->sub = strdup(json_string_value(sub));
+        if (r->sub == NULL) {
+            *reason = "out of memory";
+            return -1;
+        }
+    }
     if (has_exp) {
         r->exp = num_seconds(&exp);
         if (r->exp == 0)
@@ -1068,8 +1103,10 @@ jwt_verify(const struct jwt_verifier *v, const char *tok, size_t len,
     *reason = NULL;
     rc = 0;
 out:
-    if (rc == -1)
+    if (rc == -1) {
+        free(r->sub);
         memset(r, 0, sizeof *r);
+    }
     json_decref(hdr);
     json_decref(pl);
     free(sig);
@@ -1084,6 +1121,8 @@ jwt_result_free(struct jwt_result *r)
         return;
     json_decref((json_t *)r->claims);
     r->claims = NULL;
+    free(r->sub);
+    r->sub = NULL;
 }
 
 /* ---- claims to headers */
@@ -1155,15 +1194,9 @@ jwt_claim_headers(const struct jwt_verifier *v, const struct jwt_result *r,
     return (int)o;
 }
 
-size_t
-jwt_claim_header_names(const struct jwt_verifier *v, const char **names,
-                       size_t max)
+const char *const *
+jwt_claim_header_names(const struct jwt_verifier *v, size_t *n)
 {
-    size_t n = 0;
-
-    if (names == NULL)
-        return v->nclaims;
-    for (; n < v->nclaims && n < max; n++)
-        names[n] = v->claims[n].header;
-    return n;
+    *n = v->nclaims;
+    return v->claim_headers;
 }

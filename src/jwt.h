@@ -49,29 +49,44 @@ enum jwt_source {
 
 struct jwt_token {
     enum jwt_source source;
+    const char *name;           /* the source's configured name or prefix
+                                   (owned by the verifier) */
     const char *tok;            /* points into the request buffer */
     size_t len;
     const struct http_header *header;   /* header it came from, or NULL */
+    size_t hidx;                /* its index in the request's headers */
     const char *entry;          /* the whole list entry / cookie pair /
                                    query parameter that carries it */
     size_t entry_len;
 };
 
+#define JWT_FOUND 1
+#define JWT_NO_TOKEN 0
+#define JWT_TOO_LARGE (-1)
+#define JWT_TWO_TOKENS (-2)
+
 /*
- * Look for a token in req in the configured [jwt] sources order:
- * "query:NAME", "header:NAME" (for "authorization" the value must be
- * "Bearer TOKEN", case-insensitive scheme), "cookie:NAME",
- * "protocol:PREFIX" (an entry of Sec-WebSocket-Protocol that starts with
- * PREFIX; the token is the rest). Returns 1 and fills *t when found, 0
- * when no source has one, -1 when the token is longer than
- * max_token_bytes (refuse without parsing it).
+ * Look for the token in every configured [jwt] source: "query:NAME"
+ * (parameter names compared as backends decode them: field.h),
+ * "header:NAME" (for "authorization" the value must be "Bearer TOKEN",
+ * case-insensitive scheme; '_' in a client's header name counts as '-'),
+ * "cookie:NAME" (names and values trimmed as cookie parsers do, one pair
+ * of DQUOTEs removed), "protocol:PREFIX" (an entry of
+ * Sec-WebSocket-Protocol that starts with PREFIX; the token is the rest).
+ * Every source is examined, whatever the order. Returns JWT_FOUND with
+ * *t filled; JWT_NO_TOKEN; JWT_TWO_TOKENS when more than one place holds
+ * a candidate (in one source or across sources: the backend must never
+ * receive a second, unverified token beside the verified one);
+ * JWT_TOO_LARGE when the token is longer than max_token_bytes (refuse
+ * without parsing it).
  */
 int jwt_extract(const struct jwt_verifier *v, const struct http_request *req,
                 struct jwt_token *t);
 
 /* A verified token's claims. */
 struct jwt_result {
-    char sub[256];              /* "" when absent or not a string */
+    char *sub;                  /* owned (take it and set NULL to keep
+                                   it); NULL when absent or not a string */
     int64_t exp;                /* seconds since the epoch; 0 = none */
     void *claims;               /* json_t * of the payload (owned) */
 };
@@ -100,19 +115,23 @@ int64_t jwt_leeway(const struct jwt_verifier *v);
  * pairs) into out (cap bytes): string claims as they are, numbers and
  * booleans as JSON text, other types skipped; values containing CR, LF
  * or other control characters are skipped. Returns the length or -1 if
- * it does not fit. names (if not NULL) receives up to max pointers to the
- * configured header names, *n their count: the caller removes
- * client-sent headers with those names (no identity spoofing).
+ * it does not fit.
  */
 int jwt_claim_headers(const struct jwt_verifier *v, const struct jwt_result *r,
                       char *out, size_t cap);
-size_t jwt_claim_header_names(const struct jwt_verifier *v,
-                              const char **names, size_t max);
+
+/* Every configured claim header name (*n of them, any number): the
+ * caller removes client-sent headers with those names, so the backend
+ * reads only wsguard's (no identity spoofing). Owned by the verifier. */
+const char *const *jwt_claim_header_names(const struct jwt_verifier *v,
+                                          size_t *n);
 
 /*
- * Remove the token from what reaches the backend:
+ * Remove the token (found by jwt_extract with v) from what reaches the
+ * backend:
  * - JWT_SRC_QUERY: write the request target without that parameter (and
- *   without a dangling '?' or '&') into out; returns its length.
+ *   without a dangling '?'; the rest of the query byte for byte,
+ *   field_query_without) into out; returns its length.
  * - JWT_SRC_PROTOCOL: write the Sec-WebSocket-Protocol value without the
  *   token entry into out; returns its length (0 = the header is to be
  *   dropped entirely).
@@ -120,7 +139,7 @@ size_t jwt_claim_header_names(const struct jwt_verifier *v,
  *   returns its length (0 = drop the header).
  * Returns -1 if it does not fit in cap.
  */
-int jwt_strip(const struct jwt_token *t, const struct http_request *req,
-              char *out, size_t cap);
+int jwt_strip(const struct jwt_verifier *v, const struct jwt_token *t,
+              const struct http_request *req, char *out, size_t cap);
 
 #endif

@@ -100,6 +100,10 @@ warn_unsafe(const struct config *cfg)
                  "header are accepted");
     if (cfg->global.jwt_enabled && cfg->global.jwt_forward_token)
         log_warn("[jwt] forward_token = yes: the token reaches the backend");
+    if (cfg->allow_underscore_headers)
+        log_warn("[server] allow_underscore_headers = yes: client headers "
+                 "with '_' in their names reach the backend (only those "
+                 "that spell a header wsguard sets or checks are dropped)");
     if (cfg->global.jwt_enabled && !cfg->global.jwt_require_exp)
         log_warn("[jwt] require_exp = no: tokens without exp never expire");
     for (size_t i = 0; i < cfg->nroutes; i++) {

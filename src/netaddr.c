@@ -695,14 +695,14 @@ is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
-int
-xff_client(const char *v, size_t len, const struct cidr_set *trusted,
-           char *out, size_t cap)
+/* One value of xff_client_v: 0 client found, 1 every entry trusted,
+ * -1 malformed. */
+static int
+xff_one(const char *v, size_t len, const struct cidr_set *trusted,
+        char *out, size_t cap)
 {
     size_t end = len;
 
-    if (v == NULL || out == NULL || cap == 0)
-        return -1;
     /* From the right: each hop appends the address it received from, so
      * only entries added by trusted proxies can be believed; the first
      * untrusted one is as far as the chain of trust reaches. Anything
@@ -730,9 +730,32 @@ xff_client(const char *v, size_t len, const struct cidr_set *trusted,
             return 0;
         }
         if (start == 0)
-            return -1;          /* every hop trusted: no client in it */
+            return 1;
         end = start - 1;
     }
+}
+
+int
+xff_client_v(const char *const *v, const size_t *len, size_t n,
+             const struct cidr_set *trusted, char *out, size_t cap)
+{
+    if (v == NULL || len == NULL || out == NULL || cap == 0)
+        return -1;
+    for (size_t i = n; i-- > 0;) {
+        int r = xff_one(v[i], len[i], trusted, out, cap);
+        if (r != 1)
+            return r;
+    }
+    return -1;                  /* every hop trusted: no client in it */
+}
+
+int
+xff_client(const char *v, size_t len, const struct cidr_set *trusted,
+           char *out, size_t cap)
+{
+    if (v == NULL)
+        return -1;
+    return xff_client_v(&v, &len, 1, trusted, out, cap);
 }
 
 /* ---- PROXY protocol --------------------------------------------------- */

@@ -57,11 +57,15 @@ int cidr_check(const char *s, char *err, size_t cap);
 
 /*
  * The client address behind trusted proxies: walk the X-Forwarded-For
- * value (comma-separated, possibly several headers joined by the caller
- * with ", ") from the right, skipping addresses inside trusted; the first
+ * values v[0..n) (each comma-separated; several headers form one list in
+ * order) from the right, skipping addresses inside trusted; the first
  * address not trusted is the client. Writes its text to out. Returns 0,
- * or -1 when the header is malformed or holds only trusted addresses.
+ * or -1 when the list is malformed or holds only trusted addresses. No
+ * length limit: only the entries up to the client are read.
  */
+int xff_client_v(const char *const *v, const size_t *len, size_t n,
+                 const struct cidr_set *trusted, char *out, size_t cap);
+/* The same for one value. */
 int xff_client(const char *v, size_t len, const struct cidr_set *trusted,
                char *out, size_t cap);
 

@@ -257,30 +257,73 @@ name_in(const struct http_header *hh, const char *const *list, size_t n)
     return 0;
 }
 
+/* The same, reading '_' as '-' (http_name_eq). */
+static int
+name_in_fold(const struct http_header *hh, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] != NULL && http_name_eq(hh->name, hh->name_len, list[i]))
+            return 1;
+    return 0;
+}
+
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Counted-token variant of http_list_has for names that are not
- * NUL-terminated: a small copy, since a header name longer than any
- * sensible token simply cannot be nominated. */
+static int
+is_ws_header(const struct http_header *hh)
+{
+    static const char pfx[] = "sec-websocket-";
+
+    return hh->name_len >= sizeof pfx - 1
+           && http_name_eq(hh->name, sizeof pfx - 1, pfx);
+}
+
+/* What wsguard checked besides the Sec-WebSocket-* fields: a Connection
+ * listing never removes them. */
+static const char *const checked[] = { "Host", "Origin" };
+
+/* What may carry a token: a '_' spelling of them never passes. */
+static const char *const token_carriers[] = { "Cookie", "Authorization" };
+
+/* RFC 9110 §7.6.1: fields the client lists in Connection are hop-by-hop
+ * too, except those wsguard checked: removing Origin after the Origin
+ * check would tell the backend the request came from no browser. */
 static int
 nominated(const struct http_request *req, const struct http_header *hh)
 {
-    char name[128];
-
-    if (hh->name_len == 0 || hh->name_len >= sizeof name)
+    if (is_ws_header(hh) || name_in(hh, checked, NELEM(checked)))
         return 0;
-    memcpy(name, hh->name, hh->name_len);
-    name[hh->name_len] = '\0';
-    return any_list_has(req->headers, req->nheaders, "Connection", name);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct http_header *c = &req->headers[i];
+        if (http_eq(c->name, c->name_len, "Connection")
+            && http_list_has_n(c->value, c->value_len, hh->name,
+                               hh->name_len))
+            return 1;
+    }
+    return 0;
 }
 
 static int
 dropped(const struct upgrade_fwd *f, const struct http_header *hh)
 {
-    for (size_t k = 0; f->drop != NULL && k < f->ndrop; k++)
-        if (f->drop[k] != NULL && http_eq(hh->name, hh->name_len, f->drop[k]))
-            return 1;
-    return 0;
+    return f->drop != NULL && name_in_fold(hh, f->drop, f->ndrop);
+}
+
+/* A client header whose name has '_' is read as the '-' name by CGI,
+ * WSGI, Rack and several Go and Node frameworks, where it can sit beside
+ * (and win over) the header wsguard set or checked. */
+static int
+underscore_refused(const struct upgrade_fwd *f, const struct http_header *hh)
+{
+    if (memchr(hh->name, '_', hh->name_len) == NULL)
+        return 0;
+    if (!f->allow_underscore)
+        return 1;
+    return is_ws_header(hh) || dropped(f, hh)
+           || name_in_fold(hh, hop_by_hop, NELEM(hop_by_hop))
+           || name_in_fold(hh, fwd_names, NELEM(fwd_names))
+           || name_in_fold(hh, checked, NELEM(checked))
+           || name_in_fold(hh, token_carriers, NELEM(token_carriers));
 }
 
 /* The extra lines must be whole "token: value\r\n" lines without CTL in
@@ -352,8 +395,13 @@ upgrade_backend_request(char *out, size_t cap,
 
     for (size_t i = 0; i < n; i++) {
         const struct http_header *hh = &h[i];
+        const struct upgrade_edit *e = f->edit != NULL ? &f->edit[i] : NULL;
         int is_fwd;
 
+        if (e != NULL && e->drop)
+            continue;
+        if (underscore_refused(f, hh))
+            continue;
         if (name_in(hh, hop_by_hop, NELEM(hop_by_hop)) ||
             name_in(hh, ws_own, NELEM(ws_own)))
             continue;
@@ -391,7 +439,10 @@ upgrade_backend_request(char *out, size_t cap,
              * hop-by-hop too. */
             continue;
         }
-        put_header(&w, hh->name, hh->name_len, hh->value, hh->value_len);
+        if (e != NULL && e->value != NULL)
+            put_header(&w, hh->name, hh->name_len, e->value, e->value_len);
+        else
+            put_header(&w, hh->name, hh->name_len, hh->value, hh->value_len);
     }
 
     put_header_str(&w, "Upgrade", "websocket");

@@ -47,6 +47,13 @@ struct upgrade_req {
 int upgrade_check(const struct http_request *req, struct upgrade_req *out,
                   const char **reason);
 
+/* A change to one of the client's headers on its way to the backend. */
+struct upgrade_edit {
+    const char *value;          /* replacement value, or NULL to keep */
+    size_t value_len;
+    int drop;                   /* leave the header out */
+};
+
 /* What the backend request needs besides the client's head. */
 struct upgrade_fwd {
     const struct backend_addr *backend;
@@ -61,8 +68,12 @@ struct upgrade_fwd {
     int trusted_peer;           /* peer in trusted_proxies: keep and extend
                                    its X-Forwarded-* instead of replacing */
     const char *key;            /* wsguard's own Sec-WebSocket-Key */
-    const char *const *drop;    /* further header names to remove */
+    const char *const *drop;    /* further header names to remove (those
+                                   wsguard sets itself: claim headers) */
     size_t ndrop;
+    const struct upgrade_edit *edit;    /* NULL, or one per request
+                                   header, in order */
+    int allow_underscore;       /* [server] allow_underscore_headers */
     const char *extra;          /* further "Name: value\r\n" lines, or NULL */
     size_t extra_len;
 };
@@ -72,12 +83,21 @@ struct upgrade_fwd {
  * HTTP/1.1", every end-to-end header of the client in order (Host, Origin,
  * Cookie, Sec-WebSocket-Protocol, ...), then Upgrade, Connection,
  * Sec-WebSocket-Key, Sec-WebSocket-Version: 13 and X-Forwarded-For/-Proto/
- * -Host, X-Real-IP. Removed: hop-by-hop headers (Connection and the names
- * it lists, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
- * Upgrade, Proxy-Authorization), the client's Sec-WebSocket-Key/-Version/
- * -Extensions (no extension is offered: frames must stay inspectable),
- * client-sent X-Forwarded-* and X-Real-IP (unless trusted_peer), and the
- * names in drop. Returns the length, or -1 if it does not fit.
+ * -Host, X-Real-IP, then extra. Removed:
+ * - hop-by-hop headers (Connection and the names it lists, Keep-Alive,
+ *   Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade,
+ *   Proxy-Authorization); a listing in Connection never removes Host,
+ *   Origin or a Sec-WebSocket-* header, which wsguard checked (RFC 9110
+ *   §7.6.1 removal applies to other names only);
+ * - the client's Sec-WebSocket-Key/-Version/-Extensions (no extension is
+ *   offered: frames must stay inspectable);
+ * - client-sent X-Forwarded-*, X-Real-IP and Forwarded (unless
+ *   trusted_peer) and the names in drop (compared with '_' as '-');
+ * - every header whose name contains '_' unless allow_underscore (as
+ *   nginx's underscores_in_headers off); with it, those whose '_' -> '-'
+ *   form names a header wsguard sets, removes or checks;
+ * - headers edit marks to drop; edit can also replace a value.
+ * Returns the length, or -1 if it does not fit.
  */
 int upgrade_backend_request(char *out, size_t cap,
                             const struct http_request *req,

@@ -107,6 +107,39 @@ runtime_policy(const struct runtime *rt, const struct policy *p)
                                  cfg->routes)];
 }
 
+/* rt->identity and rt->redact, from every policy (see worker.h). */
+static int
+collect_names(struct runtime *rt, char *err, size_t cap)
+{
+    const struct config *cfg = rt->cfg;
+    size_t ni = 0, nr = 0;
+
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        const struct policy *p = i ? &cfg->routes[i - 1].p : &cfg->global;
+        ni += p->jwt_forward_claims.n;
+        nr += p->jwt_sources.n;
+    }
+    rt->identity = calloc(ni + 1, sizeof *rt->identity);
+    rt->redact = calloc(nr + 1, sizeof *rt->redact);
+    if (rt->identity == NULL || rt->redact == NULL) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        const struct policy *p = i ? &cfg->routes[i - 1].p : &cfg->global;
+        for (size_t k = 0; p->jwt_enabled && k < p->jwt_forward_claims.n;
+             k++) {
+            const char *colon = strchr(p->jwt_forward_claims.v[k], ':');
+            if (colon != NULL)
+                rt->identity[rt->nidentity++] = colon + 1;
+        }
+        for (size_t k = 0; k < p->jwt_sources.n; k++)
+            if (strncmp(p->jwt_sources.v[k], "query:", 6) == 0)
+                rt->redact[rt->nredact++] = p->jwt_sources.v[k] + 6;
+    }
+    return 0;
+}
+
 struct runtime *
 runtime_new(struct config *cfg, char *err, size_t cap)
 {
@@ -136,6 +169,8 @@ runtime_new(struct config *cfg, char *err, size_t cap)
     if (cfg->trusted_proxies.n &&
         (rt->trusted = cidr_set_new(&cfg->trusted_proxies, err, cap)) == NULL)
         goto fail;
+    if (collect_names(rt, err, cap) != 0)
+        goto fail;
     return rt;
 fail:
     runtime_unref(rt);
@@ -162,6 +197,8 @@ runtime_unref(struct runtime *rt)
         free(rt->prt);
     }
     cidr_set_free(rt->trusted);
+    free(rt->identity);
+    free(rt->redact);
     config_unref(rt->cfg);
     SSL_CTX_free(rt->tls);
     free(rt->addrs);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "refuse.h"
 
 /* What a connection needs from the configuration in force when it was
  * accepted: the config and the TLS context (NULL when tls is off).
@@ -45,6 +46,14 @@ struct runtime {
     struct policy_rt *prt;      /* [0] global, [1 + i] cfg->routes[i] */
     struct cidr_set *trusted;   /* [server] trusted_proxies, or NULL */
     int count_ips;              /* some policy limits connections per IP */
+    /* Header names wsguard sets from claims in any policy with [jwt] on:
+     * client-sent copies are removed on every route. Point into cfg. */
+    const char **identity;
+    size_t nidentity;
+    /* Query parameter names of any policy's token sources: never in the
+     * access log, whatever the route. Point into cfg. */
+    const char **redact;
+    size_t nredact;
 };
 
 /* The runtime of policy p (which lives in rt->cfg). */
@@ -84,7 +93,8 @@ struct stats {
     atomic_uint_fast64_t enforced[ENF_MAX];
     atomic_uint_fast64_t accepted;
     atomic_uint_fast64_t sessions;          /* reached the relay */
-    atomic_uint_fast64_t rejected;
+    atomic_uint_fast64_t rejected[REF_COUNT];   /* ended before it, by
+                                                   enum refusal */
     atomic_uint_fast64_t active;
     atomic_uint_fast64_t bytes_in, bytes_out;  /* relayed, both legs */
 };

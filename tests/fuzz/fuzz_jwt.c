@@ -11,7 +11,11 @@
  *   - as a request: the first line is the target, each further line the
  *     value of Authorization, Cookie, Sec-WebSocket-Protocol, X-Token in
  *     turn; jwt_extract then jwt_strip, whose output must be exactly its
- *     returned length and must fail (never truncate) one byte short.
+ *     returned length and must fail (never truncate) one byte short; and
+ *     the request with the token cut (the stripped target or header
+ *     value in place, a header token's header left out) must hold no
+ *     candidate at all: the backend never receives a token, verified or
+ *     not, beside or instead of the one wsguard checked.
  * The corpus holds valid tokens for both verifiers (signed once with a
  * throwaway key that was not kept), so mutations reach the claims code.
  * Abort on any violated property.
@@ -111,7 +115,8 @@ verify(const struct jwt_verifier *v, const char *tok, size_t len)
         int m = jwt_claim_headers(v, &r, small, sizeof small);
 
         CHECK(why == NULL && r.claims != NULL);
-        CHECK(memchr(r.sub, '\0', sizeof r.sub) != NULL);
+        CHECK(r.sub == NULL || json_is_string(json_object_get(
+                                   (json_t *)r.claims, "sub")));
         CHECK(n >= 0 && big[n] == '\0');
         CHECK(m == -1 || (m == n && memcmp(small, big, (size_t)n) == 0));
         /* a header line never carries a bare CR or LF inside it */
@@ -123,6 +128,38 @@ verify(const struct jwt_verifier *v, const char *tok, size_t len)
     } else {
         CHECK(why != NULL && r.claims == NULL);
     }
+}
+
+/* The request as the backend gets it once t is cut (out: what jwt_strip
+ * wrote) holds no candidate in any configured source. */
+static void
+cut_leaves_none(const struct http_request *req, const struct jwt_token *t,
+                const char *out, size_t k)
+{
+    struct http_header hh[MAXH];
+    struct http_request r2 = *req;
+    struct jwt_token t2;
+    size_t n = 0;
+
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (t->header != NULL && i == t->hidx) {
+            if (t->source == JWT_SRC_HEADER || k == 0)
+                continue;
+            hh[n] = req->headers[i];
+            hh[n].value = out;
+            hh[n].value_len = k;
+        } else {
+            hh[n] = req->headers[i];
+        }
+        n++;
+    }
+    r2.headers = hh;
+    r2.nheaders = n;
+    if (t->source == JWT_SRC_QUERY) {
+        r2.target = out;
+        r2.target_len = k;
+    }
+    CHECK(jwt_extract(hs, &r2, &t2) == JWT_NO_TOKEN);
 }
 
 static void
@@ -159,8 +196,8 @@ request(const char *buf, size_t len)
     req.nheaders = n;
 
     switch (jwt_extract(hs, &req, &t)) {
-    case 1: {
-        int k = jwt_strip(&t, &req, out, sizeof out);
+    case JWT_FOUND: {
+        int k = jwt_strip(hs, &t, &req, out, sizeof out);
 
         CHECK(t.source != JWT_SRC_NONE && t.len <= 8192);
         CHECK(t.tok >= buf && t.tok + t.len <= end);
@@ -171,7 +208,8 @@ request(const char *buf, size_t len)
             CHECK(out[k] == '\0');
             if (t.source == JWT_SRC_QUERY)
                 CHECK((size_t)k < req.target_len);
-            CHECK(jwt_strip(&t, &req, out, (size_t)k) == -1);
+            CHECK(jwt_strip(hs, &t, &req, out, (size_t)k) == -1);
+            cut_leaves_none(&req, &t, out, (size_t)k);
         } else {
             /* only "does not fit" may fail */
             CHECK(t.source != JWT_SRC_HEADER);
@@ -179,10 +217,12 @@ request(const char *buf, size_t len)
         verify(hs, t.tok, t.len);
         break;
     }
-    case 0:
+    case JWT_NO_TOKEN:
+    case JWT_TWO_TOKENS:
         CHECK(t.source == JWT_SRC_NONE);
         break;
     default:
+        CHECK(t.len > 8192);
         break;
     }
 }

@@ -34,12 +34,17 @@ wsguard_factory    (function) wsguard_factory(backend_url, **overrides)
                    stderr to log "listening on HOST:PORT". Returns a Wsguard:
                    .port .host .url ("wss://localhost:PORT", ws:// when
                    TLS_ENABLED="no") .proc .ini_path .client_ssl .tls
-                   (_env={...}: extra environment variables, as they are)
+                   (_env={...}: extra environment variables, as they are;
+                   _ini="...": INI text appended to the file, e.g. route
+                   sections, which no environment variable can express)
                    .access_log()  parsed JSON lines of stdout so far
                    .wait_access(pred, timeout=5)  first matching record
                    .stderr_text() the error log so far
                    .rss_kb()      VmRSS of the process
-                   .stop(timeout=40)  SIGTERM, wait, assert exit status 0
+                   .terminate()   SIGTERM, once (never a second: that
+                                  means "exit now" to wsguard)
+                   .stop(timeout=40)  terminate(), wait for the exit,
+                                  assert exit status 0
                    Teardown stops it and fails the test if wsguard did not
                    exit 0 (a crash or a sanitizer report).
 wsguard            wsguard_factory(backend.url).
@@ -367,6 +372,7 @@ class Wsguard:
         self.url = None
         self.listens = []
         self.expect_exit = None      # set by stop()/kill(): teardown checks
+        self.terminated = False      # SIGTERM sent (by terminate())
 
     def _set_listen(self, host, port):
         self.host = host
@@ -410,11 +416,19 @@ class Wsguard:
     def alive(self):
         return self.proc.poll() is None
 
-    def stop(self, timeout=40.0):
-        """SIGTERM, wait, assert exit status 0. Returns the status."""
-        self.expect_exit = 0
-        if self.proc.poll() is None:
+    def terminate(self):
+        """Send SIGTERM, once: a second one tells wsguard to exit at once
+        with status 1, so a test that started a drain must wait for the
+        exit, never signal again (stop() and teardown know this)."""
+        if not self.terminated and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        self.terminated = True
+
+    def stop(self, timeout=40.0):
+        """SIGTERM (unless already sent), wait for the exit, assert status
+        0. Returns the status."""
+        self.expect_exit = 0
+        self.terminate()
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -437,9 +451,10 @@ class Wsguard:
 
 
 def start_wsguard(tmp_dir, index, certs, client_ssl, backend_url, overrides,
-                  timeout=10.0, env_extra=None):
+                  timeout=10.0, env_extra=None, ini_extra=""):
     tmp_dir = Path(tmp_dir)
-    ini = write_ini(tmp_dir / ("wsguard-%d.ini" % index), certs, backend_url)
+    ini = write_ini(tmp_dir / ("wsguard-%d.ini" % index), certs, backend_url,
+                    extra=ini_extra)
     out_path = tmp_dir / ("wsguard-%d.access.log" % index)
     err_path = tmp_dir / ("wsguard-%d.err.log" % index)
     env = clean_env(override_env(overrides))
@@ -478,9 +493,10 @@ def start_wsguard(tmp_dir, index, certs, client_ssl, backend_url, overrides,
 def wsguard_factory(tmp_path, certs, client_ssl):
     started = []
 
-    def factory(backend_url, _env=None, **overrides):
+    def factory(backend_url, _env=None, _ini="", **overrides):
         w = start_wsguard(tmp_path, len(started), certs, client_ssl,
-                          backend_url, overrides, env_extra=_env)
+                          backend_url, overrides, env_extra=_env,
+                          ini_extra=_ini)
         started.append(w)
         return w
 
@@ -488,7 +504,7 @@ def wsguard_factory(tmp_path, certs, client_ssl):
     problems = []
     for w in started:
         if w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGTERM)
+            w.terminate()
             try:
                 w.proc.wait(timeout=40)
             except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ with the same type. No compression, no message size limit unless
 
 --record FILE appends one JSON line per event, flushed at once:
   {"event": "open", "conn": N, "path": "/p?q", "headers": {...},
+   "raw_headers": [[name, value], ...],
    "subprotocol": "chat" | null}              each accepted connection
   {"event": "message", "conn": N, "type": "text" | "binary", "len": N,
    "sha256": "hex"}                            each message received
@@ -21,7 +22,8 @@ with the same type. No compression, no message size limit unless
                                                (1006 when it just dropped)
   {"event": "reject", "path": "/p", "status": N}   with --reject
 "headers" holds every request header as sent (repeated ones joined with
-", ").
+", "); "raw_headers" the same as [name, value] pairs, one per header line,
+in order.
 
 --subprotocols a,b   answer with the first subprotocol the client offers
                      that is in this list (none if there is none).
@@ -104,6 +106,8 @@ async def main(argv):
         conn = next(counter)
         rec.write(event="open", conn=conn, path=ws.path,
                   headers=headers_dict(ws.request_headers),
+                  raw_headers=[[n, v] for n, v in
+                               ws.request_headers.raw_items()],
                   subprotocol=ws.subprotocol)
         try:
             if args.no_read:

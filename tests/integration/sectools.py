@@ -6,6 +6,7 @@ PROXY protocol v1/v2 header builders, and assertions that a refusal left
 no trace at the backend and no token text in wsguard's logs.
 
     from sectools import (b64u, hs_token, raw_token, Keys, proxy_v1, proxy_v2,
+                          attempt, expect_open, raw_values,
                           assert_refused, assert_no_secret_in_logs)
 """
 
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature)
 
-from helpers import read_head
+from helpers import http_exchange, read_head, upgrade_head
 
 # A 40-byte HS256 secret (wsguard insists on >= 32 bytes).
 SECRET = "wsguard-test-secret-0123456789-abcdefghij"
@@ -165,6 +166,28 @@ def proxied_connect(wsg, preamble, timeout=5.0):
 def upgrade_status(sock, head, timeout=5.0):
     sock.sendall(head)
     return read_head(sock, timeout=timeout)
+
+
+# --------------------------------------------------------------------------
+# upgrades and what the backend saw
+
+def attempt(wsg, path="/", headers=None, timeout=5.0):
+    """One upgrade over a fresh connection: (status, headers, raw head)."""
+    return http_exchange(wsg, upgrade_head(wsg, path=path, headers=headers),
+                         timeout=timeout)
+
+
+def expect_open(backend, n=1, timeout=5.0):
+    """Wait for the n-th backend open event and return it."""
+    backend.wait_record(lambda r: r.get("event") == "open"
+                        and r.get("conn") == n, timeout=timeout)
+    return [r for r in backend.opens() if r.get("conn") == n][0]
+
+
+def raw_values(op, name):
+    """Every value of header name (any case) the backend received, one per
+    header line, in order."""
+    return [v for n, v in op["raw_headers"] if n.lower() == name.lower()]
 
 
 # --------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_drain_closes_session_that_reaches_relay_late(script_backend, wsguard_fa
     t = threading.Thread(target=client, daemon=True)
     t.start()
     assert be.requests.wait(5), "the backend never got the upgrade request"
-    wsg.proc.send_signal(signal.SIGTERM)
+    wsg.terminate()
     t_sig = time.monotonic()
     # The drain is over for the worker: listeners closed (drain_timeout 0)
     # or the drain timer logged.
@@ -180,11 +180,11 @@ def test_second_signal_exits_at_once(backend, wsguard_factory):
     try:
         ws.send_text("hello")
         assert ws.recv_message(timeout=5).payload == b"hello"
-        wsg.proc.send_signal(signal.SIGTERM)
+        wsg.terminate()
         assert wait_until(lambda: "draining" in wsg.stderr_text(), 5)
         assert wait_until(lambda: not is_listening(wsg.port), 5)
         assert wsg.alive(), "the live session must hold the drain"
-        wsg.proc.send_signal(signal.SIGTERM)
+        wsg.proc.send_signal(signal.SIGTERM)     # the second, on purpose
         rc = _stop_or_kill(wsg, 3)
         wsg.expect_exit = "any"
         assert rc is not None, "a second SIGTERM while draining was ignored"

@@ -22,7 +22,8 @@ from conftest import clean_env, wsguard_bin, write_ini
 from helpers import (connect, http_exchange, read_head, run, upgrade_head,
                      wait_eof)
 from sectools import (OTHER_SECRET, SECRET, Keys, assert_no_secret_in_logs,
-                      assert_refused, b64u, claims, es256_der_signer,
+                      assert_refused, attempt, b64u, claims, es256_der_signer,
+                      expect_open,
                       es256_raw_signer, hmac_signer, hs_token, pem_public,
                       proxied_connect, proxy_v1, proxy_v2, raw_token)
 
@@ -30,19 +31,6 @@ import jwt  # PyJWT
 
 APP = "https://app.example.com"
 BEARER_ERR = 'Bearer error="invalid_token"'
-
-
-def attempt(wsg, path="/", headers=None, timeout=5.0):
-    """One upgrade over a fresh connection: (status, headers, raw head)."""
-    return http_exchange(wsg, upgrade_head(wsg, path=path, headers=headers),
-                         timeout=timeout)
-
-
-def expect_open(backend, n=1, timeout=5.0):
-    """Wait for the n-th backend open event and return it."""
-    backend.wait_record(lambda r: r.get("event") == "open"
-                        and r.get("conn") == n, timeout=timeout)
-    return [r for r in backend.opens() if r.get("conn") == n][0]
 
 
 def wait_opens(backend, n, timeout=5.0):

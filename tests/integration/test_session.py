@@ -204,7 +204,7 @@ def test_sigterm_drains_live_session(backend, wsguard_factory):
         async with connect(wsg) as ws:
             await ws.send("live")
             assert await asyncio.wait_for(ws.recv(), 5) == "live"
-            wsg.proc.send_signal(signal.SIGTERM)
+            wsg.terminate()
             await asyncio.wait_for(ws.wait_closed(), 10)
             return ws.close_code
     assert run(go(), 30) == 1001

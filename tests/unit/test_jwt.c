@@ -438,6 +438,7 @@ test_all_algorithms(void **state)
         assert_non_null(v);
         tok = sign(hdr_for(a), PL_OK, a, k);
         assert_int_equal(jwt_verify(v, tok, strlen(tok), NOW, &r, &why), 0);
+        assert_non_null(r.sub);
         assert_string_equal(r.sub, "alice");
         assert_int_equal(r.exp, 1700000600);
         assert_non_null(r.claims);
@@ -601,20 +602,36 @@ test_time_claims(void **state)
     claim_case(v, "{\"exp\":1699999970.5}", NULL);
     claim_case(v, "{\"exp\":1699999969.9}", "expired");
     claim_case(v, "{\"exp\":0}", "expired");
-    claim_case(v, "{\"exp\":-5}", "expired");
-    claim_case(v, "{\"exp\":\"1800000000\"}", "malformed");
-    claim_case(v, "{\"exp\":null}", "malformed");
-    claim_case(v, "{\"exp\":true}", "malformed");
+    claim_case(v, "{\"exp\":\"1800000000\"}", "malformed time claim");
+    claim_case(v, "{\"exp\":null}", "malformed time claim");
+    claim_case(v, "{\"exp\":true}", "malformed time claim");
+    /* NumericDates outside 1970..9999 are malformed, never clamped or
+     * overflowed into something valid (exp + leeway near 2^63) */
+    claim_case(v, "{\"exp\":-5}", "malformed time claim");
+    claim_case(v, "{\"exp\":253402300799}", NULL);
+    claim_case(v, "{\"exp\":253402300800}", "malformed time claim");
+    claim_case(v, "{\"exp\":9223372036854775807}", "malformed time claim");
+    claim_case(v, "{\"exp\":9223372036854775790}", "malformed time claim");
+    claim_case(v, "{\"exp\":1e300}", "malformed time claim");
+    claim_case(v, "{\"exp\":-1e300}", "malformed time claim");
+    claim_case(v, "{\"exp\":1800000000,\"nbf\":-1}", "malformed time claim");
+    claim_case(v, "{\"exp\":1800000000,\"nbf\":1e300}",
+               "malformed time claim");
+    claim_case(v, "{\"exp\":1800000000,\"iat\":-1e300}",
+               "malformed time claim");
+    claim_case(v, "{\"exp\":1800000000,\"iat\":9223372036854775807}",
+               "malformed time claim");
     claim_case(v, "{\"sub\":\"x\"}", "missing exp");
     /* nbf and iat <= now + leeway */
     claim_case(v, "{\"exp\":1800000000,\"nbf\":1700000030}", NULL);
     claim_case(v, "{\"exp\":1800000000,\"nbf\":1700000031}",
                "not yet valid");
-    claim_case(v, "{\"exp\":1800000000,\"nbf\":\"0\"}", "malformed");
+    claim_case(v, "{\"exp\":1800000000,\"nbf\":\"0\"}",
+               "malformed time claim");
     claim_case(v, "{\"exp\":1800000000,\"iat\":1700000030}", NULL);
     claim_case(v, "{\"exp\":1800000000,\"iat\":1700000031}",
                "issued in the future");
-    claim_case(v, "{\"exp\":1800000000,\"iat\":[]}", "malformed");
+    claim_case(v, "{\"exp\":1800000000,\"iat\":[]}", "malformed time claim");
     claim_case(v, "{\"exp\":99999999999999999999999}", "malformed");
     jwt_verifier_free(v);
 
@@ -662,6 +679,28 @@ test_iss_aud(void **state)
     claim_case(v, "{" E "\"aud\":\"api\"}", "bad issuer");
     claim_case(v, "{" E "\"iss\":[\"https://idp.example\"],\"aud\":\"api\"}",
                "bad issuer");
+    /* exact comparison: no prefix, suffix, case or NUL tricks */
+    claim_case(v, "{" E I "\"aud\":\"cha\"}", "bad audience");
+    claim_case(v, "{" E I "\"aud\":\"chat-admin\"}", "bad audience");
+    claim_case(v, "{" E I "\"aud\":\"xchat\"}", "bad audience");
+    claim_case(v, "{" E I "\"aud\":\"CHAT\"}", "bad audience");
+    /* jansson refuses \u0000 in strings: the payload is malformed */
+    claim_case(v, "{" E I "\"aud\":\"chat\\u0000x\"}", "malformed");
+    claim_case(v, "{" E I "\"aud\":\"chat \"}", "bad audience");
+    claim_case(v, "{" E I "\"aud\":\"\"}", "bad audience");
+    claim_case(v, "{" E I "\"aud\":[\"api2\",\"ap\",\"Api\"]}",
+               "bad audience");
+    claim_case(v, "{" E "\"iss\":\"https://idp.exampl\",\"aud\":\"api\"}",
+               "bad issuer");
+    claim_case(v, "{" E "\"iss\":\"https://idp.example.evil\",\"aud\":\"api\"}",
+               "bad issuer");
+    claim_case(v, "{" E "\"iss\":\"xhttps://idp.example\",\"aud\":\"api\"}",
+               "bad issuer");
+    claim_case(v, "{" E "\"iss\":\"HTTPS://IDP.EXAMPLE\",\"aud\":\"api\"}",
+               "bad issuer");
+    claim_case(v, "{" E "\"iss\":\"https://idp.example\\u0000\","
+               "\"aud\":\"api\"}", "malformed");
+    claim_case(v, "{" E "\"iss\":\"\",\"aud\":\"api\"}", "bad issuer");
 #undef E
 #undef I
     policy_free(&p);
@@ -776,7 +815,7 @@ test_size_limit(void **state)
     req.target_len = strlen(target);
     req.headers = hh;
     req.nheaders = 0;
-    assert_int_equal(jwt_extract(v, &req, &t), -1);
+    assert_int_equal(jwt_extract(v, &req, &t), JWT_TOO_LARGE);
     /* exactly max_token_bytes is fine for extraction */
     snprintf(target, big + 64, "/ws?access_token=%.*s", 8192, tok);
     req.target_len = strlen(target);
@@ -1071,25 +1110,57 @@ test_extract(void **state)
     struct jwt_token t;
 
     (void)state;
-    req_init(&req, "/ws?x=1&access_token=QRY&y=2", all, 4);
+    /* each source alone, whatever the order of the sources */
+    req_init(&req, "/ws?x=1&access_token=QRY&y=2", all, 1);
     expect_tok(v, &req, JWT_SRC_QUERY, "QRY");
-    expect_tok(rev, &req, JWT_SRC_PROTOCOL, "PROTO");
-    req_init(&req, "/ws?x=1", all, 4);
+    expect_tok(rev, &req, JWT_SRC_QUERY, "QRY");
+    req_init(&req, "/ws?x=1", all, 2);
     expect_tok(v, &req, JWT_SRC_HEADER, "HDR");
-    expect_tok(rev, &req, JWT_SRC_PROTOCOL, "PROTO");
-    req_init(&req, "/ws", all + 2, 2);
+    expect_tok(rev, &req, JWT_SRC_HEADER, "HDR");
+    req_init(&req, "/ws", all + 2, 1);
     expect_tok(v, &req, JWT_SRC_COOKIE, "COOK");
+    expect_tok(rev, &req, JWT_SRC_COOKIE, "COOK");
     assert_int_equal(jwt_extract(v, &req, &t), 1);
     assert_int_equal(t.entry_len, strlen("access_token=COOK"));
     assert_ptr_equal(t.header, &all[2]);
+    assert_int_equal(t.hidx, 0);
     req_init(&req, "/ws", all + 3, 1);
     expect_tok(v, &req, JWT_SRC_PROTOCOL, "PROTO");
     assert_int_equal(jwt_extract(v, &req, &t), 1);
     assert_memory_equal(t.entry, "bearer.PROTO", t.entry_len);
-    req_init(&req, "/ws?access_tokenx=1&xaccess_token=2&access_token", all,
-             1);
+    /* a token in one source and anything in another: refused, in either
+     * order of the sources (the backend would read the unverified one) */
+    for (size_t i = 1; i < 4; i++) {
+        struct http_header two[] = { all[0], all[i] };
+        req_init(&req, "/ws?access_token=QRY", two, 2);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
+        assert_int_equal(jwt_extract(rev, &req, &t), JWT_TWO_TOKENS);
+        assert_int_equal(t.source, JWT_SRC_NONE);
+    }
+    req_init(&req, "/ws", all, 4);
+    assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
+    assert_int_equal(jwt_extract(rev, &req, &t), JWT_TWO_TOKENS);
+    /* exact names: near misses are not the parameter or cookie */
+    req_init(&req, "/ws?access_tokenx=1&xaccess_token=2&access_toke=3"
+             "&access_token_=4&access-token=5", all, 1);
     assert_int_equal(jwt_extract(v, &req, &t), 0);
     assert_int_equal(t.source, JWT_SRC_NONE);
+    {
+        struct http_header near[] = {
+            H("Cookie", "access_tokenx=1; xaccess_token=2; access_toke=3"),
+            H("Cookie", "access-token=4; a=access_token"),
+            H("Sec-WebSocket-Protocol", "chat, bearer, xbearer.P, Bearer.Q"),
+            H("X-Authorization", "Bearer Z"),
+            H("Authorizationx", "Bearer Z"),
+        };
+        req_init(&req, "/ws", near, 5);
+        assert_int_equal(jwt_extract(v, &req, &t), 0);
+    }
+    /* a bare parameter or cookie name occupies its source */
+    req_init(&req, "/ws?access_token", all, 1);
+    expect_tok(v, &req, JWT_SRC_QUERY, "");
+    req_init(&req, "/ws?access_token&access_token=QRY", all, 1);
+    assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
 
     /* Bearer scheme: case-insensitive, other schemes are not tokens */
     {
@@ -1118,17 +1189,70 @@ test_extract(void **state)
             H("Sec-WebSocket-Protocol", "bearer.a, chat, bearer.b"),
         };
         req_init(&req, "/?access_token=a&access_token=b", all, 0);
-        assert_int_equal(jwt_extract(v, &req, &t), -1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
         req_init(&req, "/", two_auth, 2);
-        assert_int_equal(jwt_extract(v, &req, &t), -1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
         req_init(&req, "/", two_cookie, 2);
-        assert_int_equal(jwt_extract(v, &req, &t), -1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
         req_init(&req, "/", two_proto, 1);
-        assert_int_equal(jwt_extract(v, &req, &t), -1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
     }
     jwt_verifier_free(v);
     jwt_verifier_free(rev);
     jwt_verifier_free(xh);
+}
+
+/* Names spelled the way some backend framework reads as the configured
+ * one are the same parameter, cookie or header (field.h). */
+static void
+test_extract_spellings(void **state)
+{
+    struct jwt_verifier *v = src_verifier("query:access_token "
+                                          "header:X-Token "
+                                          "cookie:access_token");
+    static const char *const queries[] = {
+        "/?access%5Ftoken=T", "/?access%5ftoken=T", "/?ACCESS_TOKEN=T",
+        "/?Access_Token=T", "/?access.token=T", "/?access+token=T",
+        "/?access%20token=T", "/?access[token=T", "/?%20access_token=T",
+        "/?+access_token=T", "/?%61ccess_token=T", "/?x=1;access_token=T",
+    };
+    static const char *const cookies[] = {
+        "access_token =T", " access_token = T ", "access_token=\"T\"",
+        "access_token=T ;", "a=1;access_token=T", "a=1 ;  access_token=T",
+        "ACCESS_TOKEN=T", "access%5Ftoken=T", "access.token=T",
+    };
+    struct http_request req;
+    struct jwt_token t;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++) {
+        req_init(&req, queries[i], NULL, 0);
+        expect_tok(v, &req, JWT_SRC_QUERY, "T");
+    }
+    for (size_t i = 0; i < sizeof cookies / sizeof cookies[0]; i++) {
+        struct http_header h[] = {
+            { "Cookie", 6, cookies[i], strlen(cookies[i]) },
+        };
+        req_init(&req, "/", h, 1);
+        expect_tok(v, &req, JWT_SRC_COOKIE, "T");
+        /* beside a query token, every spelling is a second token */
+        req_init(&req, "/?access_token=Q", h, 1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
+    }
+    {
+        struct http_header h[] = { H("X_Token", "T") };
+        struct http_header h2[] = { H("x_tOKEN", "T") };
+        req_init(&req, "/", h, 1);
+        expect_tok(v, &req, JWT_SRC_HEADER, "T");
+        req_init(&req, "/", h2, 1);
+        expect_tok(v, &req, JWT_SRC_HEADER, "T");
+        req_init(&req, "/?access%5Ftoken=Q", h, 1);
+        assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
+    }
+    /* the second spelling beside the first is a duplicate */
+    req_init(&req, "/?access_token=A&access%5Ftoken=B", NULL, 0);
+    assert_int_equal(jwt_extract(v, &req, &t), JWT_TWO_TOKENS);
+    jwt_verifier_free(v);
 }
 
 static void
@@ -1142,11 +1266,11 @@ strip_case(const struct jwt_verifier *v, const char *target,
 
     req_init(&req, target, h, n);
     assert_int_equal(jwt_extract(v, &req, &t), 1);
-    len = jwt_strip(&t, &req, out, sizeof out);
+    len = jwt_strip(v, &t, &req, out, sizeof out);
     assert_int_equal(len, (int)strlen(want));
     assert_string_equal(out, want);
     /* too small: refused, never truncated */
-    assert_int_equal(jwt_strip(&t, &req, out, strlen(want)), -1);
+    assert_int_equal(jwt_strip(v, &t, &req, out, strlen(want)), -1);
 }
 
 static void
@@ -1183,14 +1307,14 @@ test_strip(void **state)
     strip_case(v, "/ws", proto3, 1, "chat, v2.chat");
     req_init(&req, "/ws", auth, 1);
     assert_int_equal(jwt_extract(v, &req, &t), 1);
-    assert_int_equal(jwt_strip(&t, &req, out, sizeof out), 0);
+    assert_int_equal(jwt_strip(v, &t, &req, out, sizeof out), 0);
     /* a token that does not belong to this request */
     t.source = JWT_SRC_QUERY;
     t.entry = "access_token=T";
     t.entry_len = 14;
-    assert_int_equal(jwt_strip(&t, &req, out, sizeof out), -1);
+    assert_int_equal(jwt_strip(v, &t, &req, out, sizeof out), -1);
     t.source = JWT_SRC_NONE;
-    assert_int_equal(jwt_strip(&t, &req, out, sizeof out), -1);
+    assert_int_equal(jwt_strip(v, &t, &req, out, sizeof out), -1);
     jwt_verifier_free(v);
 }
 
@@ -1203,7 +1327,9 @@ test_claim_headers(void **state)
     char err[256], out[512];
     struct jwt_verifier *v;
     struct jwt_result r;
-    const char *why, *names[8];
+    const char *why;
+    const char *const *names;
+    size_t nnames;
     char *tok;
 
     (void)state;
@@ -1217,12 +1343,13 @@ test_claim_headers(void **state)
     assert_non_null(v);
     policy_free(&p);
 
-    assert_int_equal(jwt_claim_header_names(v, NULL, 0), 10);
-    assert_int_equal(jwt_claim_header_names(v, names, 3), 3);
+    /* every name, however many (no fixed-size table to outgrow) */
+    names = jwt_claim_header_names(v, &nnames);
+    assert_int_equal(nnames, 10);
     assert_string_equal(names[0], "X-User-Id");
     assert_string_equal(names[2], "X-B");
-    assert_int_equal(jwt_claim_header_names(v, names, 8), 8);
     assert_string_equal(names[7], "X-F");
+    assert_string_equal(names[9], "X-Null");
 
     tok = sign(hdr_for(JWA_HS256),
                "{\"exp\":1800000000,\"sub\":\"u-1\",\"n\":42,\"b\":true,"
@@ -1230,6 +1357,7 @@ test_claim_headers(void **state)
                "\"tab\":\"a\\tb\",\"r\":1.5,\"f\":false,\"nul\":null}",
                JWA_HS256, NULL);
     assert_int_equal(jwt_verify(v, tok, strlen(tok), NOW, &r, &why), 0);
+    assert_non_null(r.sub);
     assert_string_equal(r.sub, "u-1");
     {
         int len = jwt_claim_headers(v, &r, out, sizeof out);
@@ -1241,11 +1369,11 @@ test_claim_headers(void **state)
     jwt_result_free(&r);
     free(tok);
 
-    /* sub that is not a string, or too long for r.sub */
+    /* sub that is not a string */
     tok = sign(hdr_for(JWA_HS256), "{\"exp\":1800000000,\"sub\":7}",
                JWA_HS256, NULL);
     assert_int_equal(jwt_verify(v, tok, strlen(tok), NOW, &r, &why), 0);
-    assert_string_equal(r.sub, "");
+    assert_null(r.sub);
     assert_int_equal(jwt_claim_headers(v, &r, out, sizeof out),
                      (int)strlen("X-User-Id: 7\r\n"));
     jwt_result_free(&r);
@@ -1272,6 +1400,7 @@ main(void)
         cmocka_unit_test(test_jwks_parse),
         cmocka_unit_test(test_verifier_errors),
         cmocka_unit_test(test_extract),
+        cmocka_unit_test(test_extract_spellings),
         cmocka_unit_test(test_strip),
         cmocka_unit_test(test_claim_headers),
     };

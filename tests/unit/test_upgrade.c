@@ -533,6 +533,126 @@ test_backend_no_forwarded(void **state)
     assert_header("X-Real-IP", "6.6.6.6");
 }
 
+/* The n-th value (0-based) of the header name in the reparsed request,
+ * or NULL; names compare exactly as written, case aside. */
+static const char *
+nth_value(const char *name, size_t nth)
+{
+    static char v[512];
+
+    for (size_t i = 0; i < again.nheaders; i++) {
+        const struct http_header *h = &again.headers[i];
+        if (!http_eq(h->name, h->name_len, name) || nth-- > 0)
+            continue;
+        assert_true(h->value_len < sizeof v);
+        memcpy(v, h->value, h->value_len);
+        v[h->value_len] = '\0';
+        return v;
+    }
+    return NULL;
+}
+
+static const char client_smuggle[] =
+    "GET /chat HTTP/1.1\r\n"
+    "Host: ws.example.com\r\n"
+    "Connection: Upgrade, Origin, Sec-WebSocket-Protocol, X-Drop-Me, "
+    "Host, sec-websocket-foo\r\n"
+    "Upgrade: websocket\r\n"
+    "Origin: https://app.example.com\r\n"
+    "X-Drop-Me: 1\r\n"
+    "X_User_Id: admin\r\n"
+    "X-User-Id: admin2\r\n"
+    "x-user-id: admin3\r\n"
+    "X-User-Id-Extra: keep\r\n"
+    "X-User-I: keep\r\n"
+    "X_Forwarded_For: 6.6.6.6\r\n"
+    "X_Real_IP: 6.6.6.6\r\n"
+    "X_Forwarded_Proto: ftp\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: chat\r\n"
+    "Sec_WebSocket_Protocol: evil\r\n"
+    "Sec-WebSocket-Foo: x\r\n"
+    "Cookie: a=1\r\n"
+    "Cookie: access_token=T; b=2\r\n"
+    "Authori_zation: x\r\n"
+    "Proxy_Authorization: Basic eA==\r\n"
+    "X_Custom: yes\r\n"
+    "\r\n";
+
+static void
+test_backend_smuggling(void **state)
+{
+    static const char *const drop[] = { "X-User-Id" };
+    static const char extra[] = "X-User-Id: alice\r\n";
+    struct upgrade_edit edit[MAXH];
+    struct upgrade_fwd f;
+    size_t count;
+
+    (void)state;
+    assert_true(parse_req(client_smuggle, sizeof client_smuggle - 1) > 0);
+    memset(edit, 0, sizeof edit);
+    /* the token's cookie pair cut from the second Cookie header only */
+    for (size_t i = 0; i < req.nheaders; i++)
+        if (http_eq(req.headers[i].value, 14, "access_token=T")) {
+            edit[i].value = "b=2";
+            edit[i].value_len = 3;
+        }
+    f = fwd_default();
+    f.drop = drop;
+    f.ndrop = 1;
+    f.extra = extra;
+    f.extra_len = sizeof extra - 1;
+    f.edit = edit;
+    reparse(upgrade_backend_request(out, sizeof out, &req, &f));
+    /* what wsguard checked survives a Connection listing */
+    assert_header("Origin", "https://app.example.com");
+    assert_header("Sec-WebSocket-Protocol", "chat");
+    assert_header("Host", "ws.example.com");
+    assert_header("Sec-WebSocket-Foo", "x");
+    assert_header("X-Drop-Me", NULL);
+    /* identity: only wsguard's, exact names only */
+    assert_header("X-User-Id", "alice");
+    assert_header("X_User_Id", NULL);
+    assert_header("X-User-Id-Extra", "keep");
+    assert_header("X-User-I", "keep");
+    /* '_' spellings never pass by default */
+    assert_header("X_Forwarded_For", NULL);
+    assert_header("X_Real_IP", NULL);
+    assert_header("X_Forwarded_Proto", NULL);
+    assert_header("Sec_WebSocket_Protocol", NULL);
+    assert_header("Authori_zation", NULL);
+    assert_header("Proxy_Authorization", NULL);
+    assert_header("X_Custom", NULL);
+    assert_header("X-Forwarded-For", "192.0.2.1");
+    /* every other Cookie header kept, the edited one replaced */
+    value_of("Cookie", &count);
+    assert_int_equal(count, 2);
+    assert_string_equal(nth_value("Cookie", 0), "a=1");
+    assert_string_equal(nth_value("Cookie", 1), "b=2");
+
+    /* allow_underscore_headers: other '_' names pass, but never one that
+     * spells a header wsguard sets, drops or checks */
+    f.allow_underscore = 1;
+    reparse(upgrade_backend_request(out, sizeof out, &req, &f));
+    assert_header("X_Custom", "yes");
+    assert_header("X_User_Id", NULL);
+    assert_header("X_Forwarded_For", NULL);
+    assert_header("X_Real_IP", NULL);
+    assert_header("X_Forwarded_Proto", NULL);
+    assert_header("Sec_WebSocket_Protocol", NULL);
+    assert_header("Proxy_Authorization", NULL);
+    assert_header("Authori_zation", "x");      /* spells nothing of ours */
+    assert_header("X-User-Id", "alice");
+
+    /* an edit can drop a header outright */
+    for (size_t i = 0; i < req.nheaders; i++)
+        if (http_eq(req.headers[i].name, req.headers[i].name_len, "Cookie"))
+            edit[i].drop = 1;
+    reparse(upgrade_backend_request(out, sizeof out, &req, &f));
+    assert_header("Cookie", NULL);
+}
+
 static void
 test_backend_drop_extra_target(void **state)
 {
@@ -898,6 +1018,7 @@ main(void)
         cmocka_unit_test(test_backend_trusted),
         cmocka_unit_test(test_backend_no_forwarded),
         cmocka_unit_test(test_backend_drop_extra_target),
+        cmocka_unit_test(test_backend_smuggling),
         cmocka_unit_test(test_backend_cap),
         cmocka_unit_test(test_check_response),
         cmocka_unit_test(test_client_response),
