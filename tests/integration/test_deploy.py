@@ -806,3 +806,50 @@ def test_demo_refuses_a_busy_port(dev_cert):
     assert r.returncode == 1
     assert f"port {backend_port} is busy" in r.stderr
     assert "BACKEND_PORT=" in r.stderr
+
+
+# --------------------------------------------------------------------------
+# docs/docker.md: the two ways it shows to mint a test token must work
+
+def docker_md_mint_snippets():
+    text = (REPO / "docs/docker.md").read_text()
+    part = text[text.index("### Minting a test token"):]
+    part = part[:part.index("Then:")]
+    blocks, cur = [], []
+    for line in part.splitlines():
+        if line.startswith("    "):
+            cur.append(line[4:])
+        elif line.strip() == "" and cur:
+            cur.append("")
+        elif cur:
+            blocks.append("\n".join(cur).strip() + "\n")
+            cur = []
+    if cur:
+        blocks.append("\n".join(cur).strip() + "\n")
+    assert len(blocks) == 2, blocks
+    return blocks
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["python", "openssl"])
+def test_docker_md_token_minting_works(tmp_path, backend, wsguard_factory,
+                                       which):
+    from helpers import connect, run
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(os.urandom(32).hex() + "\n")
+    snippet = docker_md_mint_snippets()[which].replace(
+        "conf/certs/jwt.secret", str(secret)).replace("python3 -", "/usr/bin/python3 -")
+    r = subprocess.run(["bash", "-c", snippet + 'printf "%s" "$TOKEN"'],
+                       capture_output=True, text=True, timeout=30)
+    token = r.stdout
+    assert r.returncode == 0 and token.count(".") == 2, r.stdout + r.stderr
+    wsg = wsguard_factory(backend.url, JWT_ENABLED="yes",
+                          JWT_ALGORITHMS="HS256",
+                          JWT_SECRET_FILE=str(secret))
+
+    async def go():
+        async with connect(wsg, f"/?access_token={token}") as ws:
+            await ws.send("minted")
+            assert await ws.recv() == "minted"
+    run(go())
+    opens = backend.opens()
+    assert opens[-1]["headers"]["X-User-Id"] == "alice"
