@@ -122,41 +122,44 @@ peek_lit(const char *in, size_t len, size_t *i)
 }
 
 /*
- * Rule 6: does the segment starting at in[i] begin with ".;" or "..;"
- * (dots possibly escaped)? Tomcat and other servlet containers cut
- * ";params" from each segment before resolving dot segments.
+ * Rule 6: does the segment starting at in[i] begin with "." or ".."
+ * (dots possibly escaped) followed by ';', raw or escaped ("%3B")? Tomcat
+ * and other servlet containers cut ";params" from each segment before
+ * resolving dot segments, and a backend that decodes first sees ';' in
+ * "..%3B" too.
  */
 static int
 dot_with_params(const char *in, size_t len, size_t i)
 {
-    int c;
+    enum path_tok t = PT_BAD_ESC;
+    unsigned char c = 0;
+    int dots = 0;
 
-    if (peek_lit(in, len, &i) != '.')
-        return 0;
-    c = peek_lit(in, len, &i);
-    if (c == '.')
-        c = peek_lit(in, len, &i);
-    return c == ';';
+    while (i < len) {
+        t = tok_next(in, len, &i, &c);
+        if (t != PT_LIT || c != '.' || dots == 2)
+            break;
+        dots++;
+    }
+    return dots > 0 && (t == PT_LIT || t == PT_ESC) && c == ';';
 }
 
 /*
- * Rule 3: after a kept "%25" ending just before in[i], do the next two
- * bytes (after decoding, so "%25%32e" counts) spell an escape of '.',
- * '/', '\\' or NUL? Hex digits are unreserved, so they are always
- * literal tokens, raw or decoded.
+ * Rule 3: after a kept "%25" ending just before in[i], are the next two
+ * bytes (after decoding, so "%25%32e" counts) hex digits, i.e. does the
+ * "%25" start a double-encoded escape of anything? Hex digits are
+ * unreserved, so they are always literal tokens, raw or decoded; an
+ * escape that stays encoded ("%25%25") is not a hex digit.
  */
 static int
 double_encoded(const char *in, size_t len, size_t i)
 {
-    int hi = peek_lit(in, len, &i), lo, v;
+    int hi = peek_lit(in, len, &i), lo;
 
     if (hi < 0 || hex_val((unsigned char)hi) < 0)
         return 0;
     lo = peek_lit(in, len, &i);
-    if (lo < 0 || hex_val((unsigned char)lo) < 0)
-        return 0;
-    v = hex_val((unsigned char)hi) << 4 | hex_val((unsigned char)lo);
-    return v == '.' || v == '/' || v == '\\' || v == '\0';
+    return lo >= 0 && hex_val((unsigned char)lo) >= 0;
 }
 
 /* Pass 1: NULL when in[0..len) breaks none of rules 1, 2, 3, 6, else the

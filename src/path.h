@@ -12,17 +12,20 @@
  *      character is decoded ("%61" -> "a", "%2E" -> "."); "%2F", "%5C"
  *      and "%00" (any case) are refused; every other escape is kept,
  *      its hex digits upper-cased ("%3a" -> "%3A").
- *   3. "%25" followed (after step 2) by two hex digits that spell '.',
- *      '/', '\\' or NUL ("%252e", "%252F", "%255c", "%2500") is refused:
- *      a backend that decodes twice would see a structure routing never
- *      saw. Other "%25XX" are kept as they are.
+ *   3. "%25" followed (after step 2) by two hex digits ("%2561",
+ *      "%252e", "%25%32%46") is refused: it is an escape encoded twice,
+ *      and a backend that decodes twice would see a path routing never
+ *      saw ("/%2561dmin/" as "/admin/"). A "%25" not followed by two
+ *      hex digits ("%25", "%252g", "%25/2e", "%25%25") is kept.
  *   4. Runs of '/' are merged into one.
  *   5. Dot segments ("." and "..", after step 2) are removed as in RFC
  *      3986 §5.2.4, but a ".." that would climb above the root is
  *      refused rather than clamped.
- *   6. A segment that is "." or ".." followed by ';' (".;", "..;x") is
- *      refused: servlet containers strip ";params" from a segment, so
- *      "/public/..;/admin/" reaches /admin/ there.
+ *   6. A segment that is "." or ".." followed by ';' or its escape
+ *      "%3B" (".;", "..;x", ".%3b", "..%3B") is refused: servlet
+ *      containers strip ";params" from a segment, so "/public/..;/admin/"
+ *      reaches /admin/ there, and a backend that decodes before
+ *      stripping does the same with "/public/..%3B/admin/".
  *   7. Everything else is kept byte for byte (case outside escapes,
  *      sub-delims, ';' in ordinary segments, a trailing slash).
  * The output always starts with '/', is never longer than the input and

@@ -17,9 +17,10 @@
  *   - it is idempotent: the output normalises to itself;
  *   - the output is NUL-terminated, never longer than the input, starts
  *     with '/', has no "//", no "." or ".." segment, no segment starting
- *     with ".;" or "..;", only pchar and '/', escapes only of bytes that
- *     are not unreserved, with upper-case hex, never %2F, %5C or %00, and
- *     no "%25" followed by hex spelling '.', '/', '\\' or NUL;
+ *     with ".;", "..;", ".%3B" or "..%3B", only pchar and '/', escapes
+ *     only of bytes that are not unreserved, with upper-case hex, never
+ *     %2F, %5C or %00, and no "%25" followed by two hex digits (a
+ *     double-encoded escape of anything);
  *   - it honours cap: cap n + 1 gives the same output, cap n gives -1.
  */
 #include <stdint.h>
@@ -59,12 +60,6 @@ hexv(unsigned char c)
     unsigned v = (unsigned)(p - hexdig);
 
     return v < 16 ? v : v - 6;          /* "ABCDEF" follow "abcdef" */
-}
-
-static int
-forbidden(unsigned v)
-{
-    return v == '.' || v == '/' || v == '\\' || v == 0;
 }
 
 /*
@@ -111,17 +106,18 @@ reference(const char *in, size_t len, char *ref, char *scratch)
     }
     d[dn] = '\0';
 
-    /* 2. Double encoding: every '%' left in d starts a kept escape. */
+    /* 2. Double encoding: every '%' left in d starts a kept escape, so
+     * a "%25" then two hex digits in d is an escape encoded twice. */
     for (p = strchr(d, '%'); p != NULL; p = strchr(p + 1, '%'))
         if (strncmp(p, "%25", 3) == 0 && in_set(hexdig, (unsigned char)p[3])
-            && in_set(hexdig, (unsigned char)p[4])
-            && forbidden(hexv((unsigned char)p[3]) * 16
-                         + hexv((unsigned char)p[4])))
+            && in_set(hexdig, (unsigned char)p[4]))
             return 0;
 
-    /* 3. Segments starting ".;" or "..;". */
+    /* 3. Segments starting ".;", "..;", ".%3B" or "..%3B" (the escape is
+     * upper-cased in d). */
     for (p = d; (p = strchr(p, '/')) != NULL; p++)
-        if (strncmp(p, "/.;", 3) == 0 || strncmp(p, "/..;", 4) == 0)
+        if (strncmp(p, "/.;", 3) == 0 || strncmp(p, "/..;", 4) == 0
+            || strncmp(p, "/.%3B", 5) == 0 || strncmp(p, "/..%3B", 6) == 0)
             return 0;
 
     /* 4. Merge runs of '/'. */
@@ -183,6 +179,8 @@ check_output(const char *out, size_t n, size_t len)
             CHECK(!(s[0] == '.' && s[1] == '.'
                     && (s[2] == '/' || s[2] == '\0')));
             CHECK(strncmp(s, ".;", 2) != 0 && strncmp(s, "..;", 3) != 0);
+            CHECK(strncmp(s, ".%3B", 4) != 0
+                  && strncmp(s, "..%3B", 5) != 0);
         } else if (c == '%') {
             unsigned v;
 
@@ -193,11 +191,9 @@ check_output(const char *out, size_t n, size_t len)
                 + hexv((unsigned char)out[i + 2]);
             CHECK(v != '/' && v != '\\' && v != 0);
             CHECK(!in_set(unreserved, (unsigned char)v));
-            if (v == '%' && i + 4 < n
-                && in_set(hexdig, (unsigned char)out[i + 3])
-                && in_set(hexdig, (unsigned char)out[i + 4]))
-                CHECK(!forbidden(hexv((unsigned char)out[i + 3]) * 16
-                                 + hexv((unsigned char)out[i + 4])));
+            if (v == '%' && i + 4 < n)
+                CHECK(!(in_set(hexdig, (unsigned char)out[i + 3])
+                        && in_set(hexdig, (unsigned char)out[i + 4])));
             i += 2;
         } else {
             CHECK(in_set(unreserved, c) || in_set(others_ok, c));

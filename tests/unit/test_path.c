@@ -1,6 +1,7 @@
 /*
  * test_path.c - request path normalisation against a table of vectors:
- * each rule of path.h, the route bypasses that motivated it, mixed-case
+ * each rule of path.h, the route bypasses that motivated it (and the
+ * double-encoded and "..%3B" ones found in review), mixed-case
  * escapes, trailing slashes and dots, NUL bytes, long inputs.
  *
  * Every call sees its input placed against a PROT_NONE page (guard.h),
@@ -129,7 +130,8 @@ static const struct vec vectors[] = {
     OK("/%2b%2C", "/%2B%2C"),
     OK("/%40%3D", "/%40%3D"),
 
-    /* Rule 3: double encoding (after decoding: "%25%32e" is "%252e"). */
+    /* Rule 3: double encoding of anything (after decoding: "%25%32e" is
+     * "%252e"). */
     NO("/%252e", R_DBL),
     NO("/%252E", R_DBL),
     NO("/%252e%252e/admin", R_DBL),
@@ -145,18 +147,34 @@ static const struct vec vectors[] = {
     NO("/%25%32%46", R_DBL),
     NO("/%25%35%43", R_DBL),
     NO("/%25%30%30", R_DBL),
-    OK("/%2541", "/%2541"),
-    OK("/%253a", "/%253a"),
-    OK("/%253A", "/%253A"),
-    OK("/%25%33%61", "/%253a"),
-    OK("/%2520", "/%2520"),
+    NO("/%2561dmin/", R_DBL),
+    NO("/%2541dmin/", R_DBL),
+    NO("/%25%36%31dmin/", R_DBL),
+    NO("/public/%2561dmin/", R_DBL),
+    NO("/%2541", R_DBL),
+    NO("/%253a", R_DBL),
+    NO("/%253A", R_DBL),
+    NO("/%25%33%61", R_DBL),
+    NO("/%25%61%62", R_DBL),
+    NO("/%2520", R_DBL),
+    NO("/%253b", R_DBL),
+    NO("/..%253B/admin/", R_DBL),
+    NO("/%25ff", R_DBL),
+    NO("/%2525", R_DBL),
+    NO("/%25252e", R_DBL),
+    NO("/%25%2541", R_DBL),
+    NO("/a/%25%25%2525", R_DBL),
     OK("/%25", "/%25"),
     OK("/%252", "/%252"),
     OK("/%25/2e", "/%25/2e"),
+    OK("/%25/41", "/%25/41"),
     OK("/%252g", "/%252g"),
-    OK("/%2525", "/%2525"),
-    OK("/%25252e", "/%25252e"),
+    OK("/%25g2", "/%25g2"),
+    OK("/%25x", "/%25x"),
+    OK("/%252%3A", "/%252%3A"),
     OK("/%25%25", "/%25%25"),
+    OK("/%25%25%25", "/%25%25%25"),
+    OK("/a%25b/c", "/a%25b/c"),
 
     /* Rule 4: repeated slashes, merged before dot segments. */
     OK("//", "/"),
@@ -217,7 +235,25 @@ static const struct vec vectors[] = {
     OK("/;/", "/;/"),
     OK("/;../", "/;../"),
     OK("/a.;/", "/a.;/"),
-    OK("/..%3b/admin/", "/..%3B/admin/"),
+    NO("/..%3b/admin/", R_PARAM),
+    NO("/..%3B/", R_PARAM),
+    NO("/public/..%3B/admin/", R_PARAM),
+    NO("/.%3b", R_PARAM),
+    NO("/.%3B/admin", R_PARAM),
+    NO("/a/..%3bx=1/b", R_PARAM),
+    NO("/%2e%2e%3b/admin/", R_PARAM),
+    NO("/%2E%3B", R_PARAM),
+    NO("/.%2e%3B/", R_PARAM),
+    NO("//..%3B/admin", R_PARAM),
+    NO("/a/b/..%3B", R_PARAM),
+    OK("/...%3B/", "/...%3B/"),
+    OK("/a.%3b/", "/a.%3B/"),
+    OK("/%3b../", "/%3B../"),
+    OK("/%3B/", "/%3B/"),
+    OK("/a%3Bb/", "/a%3Bb/"),
+    OK("/.a%3B/", "/.a%3B/"),
+    OK("/..%3a/", "/..%3A/"),
+    OK("/..%2c/", "/..%2C/"),
     OK("/admin;jsessionid=1/", "/admin;jsessionid=1/"),
 
     /* Rule 7: the rest kept byte for byte. */
@@ -403,32 +439,44 @@ test_every_byte(void **state)
     }
 }
 
-/* Every "%25XY" with hex X and Y in any case: refused exactly when XY
- * spells '.', '/', '\\' or NUL. */
+/* Every "%25XY" with hex X and Y in any case, raw or with X and Y
+ * themselves escaped: refused, whatever XY spells. */
 static void
 test_double_encoding_all(void **state)
 {
     static const char hex[] = "0123456789abcdefABCDEF";
-    char in[8], out[32];
+    char in[16], out[32];
     const char *why;
+    int refused = 0;
 
     (void)state;
     for (size_t x = 0; x < sizeof hex - 1; x++) {
         for (size_t y = 0; y < sizeof hex - 1; y++) {
-            unsigned v;
-            int n;
-
             snprintf(in, sizeof in, "/%%25%c%c", hex[x], hex[y]);
-            sscanf(in + 4, "%2x", &v);
-            n = run(in, 6, out, 7, &why);
-            if (v == '.' || v == '/' || v == '\\' || v == 0) {
-                assert_int_equal(n, -1);
-                assert_string_equal(why, R_DBL);
-            } else {
-                assert_int_equal(n, 6);
-                assert_string_equal(out, in);
-            }
+            assert_int_equal(run(in, 6, out, 7, &why), -1);
+            assert_string_equal(why, R_DBL);
+            snprintf(in, sizeof in, "/a%%25%c%c/b", hex[x], hex[y]);
+            assert_int_equal(run(in, 9, out, 10, &why), -1);
+            assert_string_equal(why, R_DBL);
+            snprintf(in, sizeof in, "/%%25%%%02X%%%02x", (unsigned)hex[x],
+                     (unsigned)hex[y]);
+            assert_int_equal(run(in, 10, out, 11, &why), -1);
+            assert_string_equal(why, R_DBL);
+            refused++;
         }
+    }
+    assert_int_equal(refused, 22 * 22);
+    /* Only a hex digit counts: "%252" then any other pchar is kept. */
+    for (unsigned b = 1; b < 256; b++) {
+        int pchar = (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z')
+                    || (b >= '0' && b <= '9')
+                    || strchr("-._~!$&'()*+,;=:@", (int)b) != NULL;
+
+        if (!pchar || strchr(hex, (int)b) != NULL)
+            continue;
+        snprintf(in, sizeof in, "/%%252%c", (char)b);
+        assert_int_equal(run(in, 6, out, 7, NULL), 6);
+        assert_string_equal(out, in);
     }
 }
 
