@@ -367,9 +367,13 @@ secret = {secret}
                              os.path.abspath(wsguard_bin()), "-c", str(ini)],
                             env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    wsg = None
     try:
         lines = line_queue(proc.stderr)
         line = wait_line(lines, "listening on", 20)
+        # Signals go to wsguard itself, not to strace (which would detach).
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        wsg = int(children.read_text().split()[0])
         port = int(re.search(r"listening on \S+:(\d+)", line).group(1))
         ctx = ssl.create_default_context(cafile=certs.cert)
         token = hs256_token(secret.encode(), "syscalls")
@@ -385,15 +389,14 @@ secret = {secret}
                                               origin="https://evil.com"):
                     pass
         asyncio.run(asyncio.wait_for(session(), 30))
-        # Signals go to wsguard itself, not to strace (which would detach).
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        wsg = int(children.read_text().split()[0])
         os.kill(wsg, signal.SIGHUP)
         wait_line(lines, "configuration reloaded", 20)
         os.kill(wsg, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
+            if wsg is not None:
+                os.kill(wsg, signal.SIGKILL)
             proc.kill()
             proc.wait()
     used = set(re.findall(r"^\d+\s+(\w+)\(", trace.read_text(), re.M))
