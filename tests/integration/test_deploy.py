@@ -685,9 +685,15 @@ class Demo:
         return rc, "".join(self.seen) + rest
 
     def kill(self):
+        """After a failure: SIGTERM lets the script stop wsguard and the
+        backend (they run in sessions of their own); SIGKILL if it hangs."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def demo_env(demo_port, backend_port):
