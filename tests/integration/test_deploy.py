@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+import websockets.exceptions
 
 from conftest import REPO, clean_env, wsguard_bin
 
