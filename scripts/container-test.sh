@@ -9,8 +9,9 @@
 #
 # Steps, each counted as passed or failed:
 #   1. build docker/Dockerfile (and docker/echo-app/Dockerfile);
-#   2. the runtime image holds no compiler and no -dev package, and a
-#      missing certificate is a clear error, not a silent crash loop;
+#   2. the runtime image holds no compiler and no -dev package, a
+#      missing certificate is a clear error, not a silent crash loop, and
+#      a configuration file mounted at /etc/wsguard/wsguard.ini is used;
 #   3. start the echo app container and the wsguard container beside it
 #      (host network), wsguard configured by environment variables alone
 #      plus a mounted certificate and JWT secret file;
@@ -182,6 +183,27 @@ wait_log() {    # wait_log CONTAINER PATTERN: until the line appears (30 s)
     done
     return 1
 }
+
+# A configuration file mounted over the built-in one is what wsguard reads.
+mkdir -p "$tmp/conf"
+cat >"$tmp/conf/wsguard.ini" <<EOF
+[server]
+listen = 127.0.0.1:$WPORT
+drain_timeout = 5s
+[tls]
+cert = /etc/wsguard/tls/tls.crt
+key = /etc/wsguard/tls/tls.key
+[backend]
+url = ws://127.0.0.1:$BPORT
+EOF
+chmod 755 "$tmp/conf"; chmod 644 "$tmp/conf/wsguard.ini"
+out=$(run --rm --read-only --no-healthcheck -v "$tmp/tls:/etc/wsguard/tls:ro" \
+    -v "$tmp/conf/wsguard.ini:/etc/wsguard/wsguard.ini:ro" "$IMAGE" -t 2>&1); rc=$?
+if [ "$rc" -eq 0 ] && echo "$out" | grep -q "^/etc/wsguard/wsguard.ini: configuration OK"; then
+    ok "a configuration file mounted at /etc/wsguard/wsguard.ini is used (wsguard -t)"
+else
+    bad "mounted configuration file: status $rc, output: $out"
+fi
 
 say "starting the echo app ($E) on ws://127.0.0.1:$BPORT"
 run -d --name "$E" --read-only "$ECHO_IMAGE" --host 127.0.0.1 --port "$BPORT" \
