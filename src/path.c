@@ -336,3 +336,20 @@ refuse:
         *reason = why;
     return -1;
 }
+
+size_t
+path_route_key(const char *in, size_t len, char *out)
+{
+    size_t o = 0, i = 0;
+
+    while (i < len) {
+        if (in[i] == ';') {
+            /* ";params" up to the end of the segment is not routed on */
+            while (i < len && in[i] != '/')
+                i++;
+            continue;
+        }
+        out[o++] = in[i++];
+    }
+    return o;
+}

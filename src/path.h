@@ -52,4 +52,14 @@
 int path_normalize(const char *in, size_t len, char *out, size_t cap,
                    const char **reason);
 
+/*
+ * The key a normalised path is routed on: the path with every segment's
+ * ";params" left out (out holds at least len bytes; returns the key's
+ * length, not NUL-terminated). Servlet containers cut ";params" from each
+ * segment before routing, so "/admin;x/" is "/admin/" there: routing it
+ * as "/admin/" puts it under the same route's policy. The backend still
+ * receives the path itself.
+ */
+size_t path_route_key(const char *in, size_t len, char *out);
+
 #endif

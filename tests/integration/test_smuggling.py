@@ -238,7 +238,8 @@ enabled = yes
 
 BYPASSES = ["/admin/", "/x/../admin/", "/%61dmin/", "//admin/",
             "/public/%2e%2e/admin/", "/public/%2E%2E/admin/", "/./admin/",
-            "/admin//", "/public/../admin/x", "///admin/./"]
+            "/admin//", "/public/../admin/x", "///admin/./",
+            "/admin;x/", "/admin;jsessionid=1/x", "/adm%69n;a=b/"]
 
 
 @pytest.mark.parametrize("path", BYPASSES)
@@ -255,6 +256,7 @@ def test_path_spellings_reach_the_route(backend, wsguard_factory, path):
     ("/x/../admin/", "/admin/"), ("/%61dmin/", "/admin/"),
     ("//admin/", "/admin/"), ("/public/%2e%2e/admin/a/./b", "/admin/a/b"),
     ("/admin/%7euser/%3a", "/admin/~user/%3A"),
+    ("/admin;v=1/x", "/admin;v=1/x"),
 ])
 def test_backend_receives_the_normalised_path(backend, wsguard_factory, path,
                                               want):
@@ -309,10 +311,12 @@ def test_route_prefix_must_be_normal(tmp_path, certs, backend):
     """A route prefix that no normalised path can match is a configuration
     error with its line, not a route that silently never applies."""
     ini = write_ini(tmp_path / "bad.ini", certs, backend.url,
-                    extra="\n[route /%61dmin/]\n\n[route /a/../b]\n")
+                    extra="\n[route /%61dmin/]\n\n[route /a/../b]\n"
+                          "\n[route /x;y/]\n")
     lines = open(ini).read().split("\n")
     l1 = lines.index("[route /%61dmin/]") + 1
     l2 = lines.index("[route /a/../b]") + 1
+    l3 = lines.index("[route /x;y/]") + 1
     r = subprocess.run([wsguard_bin(), "-t", "-c", ini], capture_output=True,
                        text=True, env=clean_env(), timeout=30)
     assert r.returncode == 1, r
@@ -320,6 +324,8 @@ def test_route_prefix_must_be_normal(tmp_path, certs, backend):
             % l1) in r.stderr, r.stderr
     assert 'write "/admin/"' in r.stderr, r.stderr
     assert ('bad.ini:%d: route prefix "/a/../b"' % l2) in r.stderr, r.stderr
+    assert ('bad.ini:%d: route prefix "/x;y/" must not contain' % l3) \
+        in r.stderr, r.stderr
 
 
 # ==========================================================================

@@ -581,6 +581,30 @@ test_long(void **state)
     assert_string_equal(why, R_ESC);
 }
 
+/* The routing key: ";params" cut from every segment, nothing else. */
+static void
+test_route_key(void **state)
+{
+    static const struct { const char *in, *out; } v[] = {
+        { "/admin;x/", "/admin/" },
+        { "/admin;jsessionid=1/x;y", "/admin/x" },
+        { "/a/b", "/a/b" },
+        { "/;x", "/" },
+        { "/a;b;c/d;", "/a/d" },
+        { "/", "/" },
+    };
+    char out[64];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        size_t n = strlen(v[i].in);
+        const char *g = guarded(v[i].in, n);
+        size_t m = path_route_key(g, n, out);
+        assert_int_equal(m, strlen(v[i].out));
+        assert_memory_equal(out, v[i].out, m);
+    }
+}
+
 int
 main(void)
 {
@@ -590,6 +614,7 @@ main(void)
         cmocka_unit_test(test_prefixes),
         cmocka_unit_test(test_every_byte),
         cmocka_unit_test(test_double_encoding_all),
+        cmocka_unit_test(test_route_key),
         cmocka_unit_test(test_cap_and_arguments),
         cmocka_unit_test(test_long),
     };
