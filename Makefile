@@ -24,11 +24,13 @@ ifeq ($(SANITIZE),)
 ALL_CFLAGS += -D_FORTIFY_SOURCE=2
 else
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all \
-              -fno-omit-frame-pointer
+              -fno-omit-frame-pointer -DWSGUARD_CHECKS
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 LDFLAGS += -pie
-LIBS = -lssl -lcrypto -lev -linih -ljansson -lpcre2-8 -lpthread -lm
+# libev ships no pkg-config file in Debian 12.
+PKGS = openssl inih jansson libpcre2-8
+LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lpthread -lm
 
 SRC     = $(wildcard src/*.c)
 OBJ     = $(SRC:src/%.c=$(BUILD)/%.o)
@@ -39,7 +41,7 @@ FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 REGR_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/regress/%)
 
-.PHONY: all run test unit itest asan fuzz fuzz-regress bench deps cert \
+.PHONY: all run test unit unit-build itest asan fuzz fuzz-regress bench deps cert \
         clean check install uninstall container-test deploy-test
 
 all: $(BUILD)/wsguard
@@ -62,7 +64,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ) | $(BUILD)/tests
 # target linked with tests/fuzz/replay.c and the normal compiler, which
 # `make test` runs over tests/fuzz/corpus/<t>/ and tests/fuzz/regress/<t>/.
 FUZZ_CC = clang-14
-FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Isrc \
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -DWSGUARD_CHECKS \
              -fsanitize=fuzzer,address,undefined
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(SRC) | $(BUILD)/fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(filter-out src/main.c,$(SRC)) $(LIBS)
@@ -82,17 +84,23 @@ check: all
 run: deps all cert
 	@scripts/run-demo.sh
 
-unit: $(UNIT_BIN)
+# Build and run the unit tests alone: no root, no integration packages.
+unit: unit-build
+	@fail=0; for t in $(UNIT_BIN); do $$t >$(BUILD)/tests/last.log 2>&1 \
+	    || { cat $(BUILD)/tests/last.log; fail=1; }; \
+	    tail -n 1 $(BUILD)/tests/last.log | sed "s|^|$$(basename $$t): |"; \
+	done; exit $$fail
+unit-build: $(UNIT_BIN)
 itest: all
 fuzz-regress: $(REGR_BIN)
 
 test: deps
-	@$(MAKE) --no-print-directory all unit fuzz-regress
+	@$(MAKE) --no-print-directory all unit-build fuzz-regress
 	@scripts/run-tests.sh $(BUILD)
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan CC=clang-14 \
-	    SANITIZE=address,undefined all unit fuzz-regress
+	    SANITIZE=address,undefined all unit-build fuzz-regress
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    scripts/run-tests.sh build-asan
@@ -169,4 +177,4 @@ container-test:
 deploy-test: all
 	$(PYTHON) -m pytest -q tests/integration/test_deploy.py
 
--include $(OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(UNIT_BIN:=.d) $(REGR_BIN:=.d) $(FUZZ_BIN:=.d)

@@ -1009,6 +1009,13 @@ route_header(struct loader *l, const char *p)
         const char *why = NULL;
         int m = norm != NULL ? path_normalize(p, n, norm, n + 1, &why) : -1;
 
+        if (m >= 0 && strchr(p, ';') != NULL) {
+            file_error(l, l->lineno, "route prefix \"%s\" must not "
+                       "contain ';' (requests are routed on their path "
+                       "without ;parameters)", p);
+            free(norm);
+            return;
+        }
         if (m < 0 || (size_t)m != n || memcmp(norm, p, n) != 0) {
             if (m < 0)
                 file_error(l, l->lineno, "route prefix \"%s\": %s", p,
@@ -1638,24 +1645,34 @@ config_unref(struct config *cfg)
         config_free((struct config_priv *)cfg);
 }
 
+int
+config_route_index(const struct config *cfg, const char *path, size_t len)
+{
+    if (cfg->nroutes == 0)
+        return 0;
+    /* Longest first, so the first match is the longest prefix. */
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        size_t n = strlen(cfg->routes[i].prefix);
+        if (n <= len && memcmp(path, cfg->routes[i].prefix, n) == 0)
+            return (int)i + 1;
+    }
+    return -1;
+}
+
+const struct policy *
+config_policy(const struct config *cfg, int index, const char **route_name)
+{
+    if (index < 0)
+        return NULL;
+    if (route_name != NULL)
+        *route_name = index == 0 ? "" : cfg->routes[index - 1].prefix;
+    return index == 0 ? &cfg->global : &cfg->routes[index - 1].p;
+}
+
 const struct policy *
 config_route(const struct config *cfg, const char *path, size_t len,
              const char **route_name)
 {
-    if (cfg->nroutes == 0) {
-        if (route_name != NULL)
-            *route_name = "";
-        return &cfg->global;
-    }
-    /* Longest first, so the first match is the longest prefix. */
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const struct route *r = &cfg->routes[i];
-        size_t n = strlen(r->prefix);
-        if (n <= len && memcmp(path, r->prefix, n) == 0) {
-            if (route_name != NULL)
-                *route_name = r->prefix;
-            return &r->p;
-        }
-    }
-    return NULL;
+    return config_policy(cfg, config_route_index(cfg, path, len),
+                         route_name);
 }

@@ -8,7 +8,7 @@
  * config_ref/config_unref may be called from any thread; everything else
  * is called from the main thread only.
  *
- * Every key of ../shared/interface.md exists in the option table in
+ * Every configuration key exists in the option table in
  * config.c. Keys whose feature is not implemented yet are parsed, stored
  * and reported by config_unsupported() so that -t and start-up can say
  * "not supported yet" instead of silently ignoring them.
@@ -178,6 +178,14 @@ void config_unref(struct config *cfg);
 const struct policy *config_route(const struct config *cfg,
                                   const char *path, size_t len,
                                   const char **route_name);
+
+/* The same as an index: 0 the global policy (no routes defined), 1 + i
+ * cfg->routes[i], -1 none; config_policy() turns it into the policy and
+ * the route's name ("" for the global one). */
+int config_route_index(const struct config *cfg, const char *path,
+                       size_t len);
+const struct policy *config_policy(const struct config *cfg, int index,
+                                   const char **route_name);
 
 /*
  * Added for tests and fuzzing (not used by the server): like config_load()

@@ -1,7 +1,7 @@
 /*
  * config_table.h - the option table (private to config.c and its tests).
  *
- * One row per key of ../shared/interface.md. The same rows drive the file
+ * One row per configuration key. The same rows drive the file
  * parser, the WSGUARD_<SECTION>_<KEY> environment overrides, the defaults
  * (the default is written in file syntax and parsed like a file value, so
  * the documented default and the built-in one cannot drift apart), deep

@@ -5,11 +5,7 @@
 
 #include <string.h>
 
-static double
-ms(uint64_t v)
-{
-    return (double)v / 1000.0;
-}
+#include "units.h"
 
 void
 deadline_all(const struct session_times *s,
@@ -17,26 +13,26 @@ deadline_all(const struct session_times *s,
 {
     memset(t, 0, DL_COUNT * sizeof *t);
     if (c->max_lifetime_ms)
-        t[DL_LIFETIME] = s->started + ms(c->max_lifetime_ms);
+        t[DL_LIFETIME] = s->started + units_seconds(c->max_lifetime_ms);
     t[DL_EXPIRY] = s->expiry;
     if (c->idle_timeout_ms)
-        t[DL_IDLE] = s->last_activity + ms(c->idle_timeout_ms);
+        t[DL_IDLE] = s->last_activity + units_seconds(c->idle_timeout_ms);
     if (c->write_timeout_ms) {
         if (s->cli_wblock)
-            t[DL_STALL_CLI] = s->cli_wblock + ms(c->write_timeout_ms);
+            t[DL_STALL_CLI] = s->cli_wblock + units_seconds(c->write_timeout_ms);
         if (s->be_wblock)
-            t[DL_STALL_BE] = s->be_wblock + ms(c->write_timeout_ms);
+            t[DL_STALL_BE] = s->be_wblock + units_seconds(c->write_timeout_ms);
     }
     if (c->ping_interval_ms) {
         if (s->ping_sent > s->cli_rx) {
             if (c->pong_timeout_ms)
-                t[DL_PONG] = s->ping_sent + ms(c->pong_timeout_ms);
+                t[DL_PONG] = s->ping_sent + units_seconds(c->pong_timeout_ms);
         } else {
             /* Ping a client that has been silent for ping_interval
              * (since its last byte or our last ping, whichever is
              * later). */
             double base = s->cli_rx > s->ping_sent ? s->cli_rx : s->ping_sent;
-            t[DL_PING] = base + ms(c->ping_interval_ms);
+            t[DL_PING] = base + units_seconds(c->ping_interval_ms);
         }
     }
 }

@@ -37,7 +37,8 @@ log_setup(enum log_level level, bool json, const char *access_log)
             return -1;
     }
     /* The old file descriptor is left open on purpose: a worker may be
-     * writing to it this very moment; a reload leaks one fd at most. */
+     * writing to it this very moment. So each reload that opens a file
+     * leaves the previous one open (one descriptor per such reload). */
     atomic_store(&access_fd, fd);
     atomic_store(&log_level_cur, (int)level);
     atomic_store(&log_json, json);

@@ -3,7 +3,7 @@
  *
  * Error log: one line per event on stderr, JSON ({"ts","level","msg"}) or
  * text ("TS LEVEL msg"), filtered by level. Access log: one line per
- * session end or refusal (fields of ../shared/interface.md), JSON or
+ * session end or refusal (the fields are listed in docs/configuration.md, [log]), JSON or
  * key=value text, to stdout, stderr, a file (O_APPEND) or nowhere.
  * Each line is written with a single write(2), so lines from several
  * worker threads never interleave. log_setup() is called from the main

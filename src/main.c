@@ -20,6 +20,7 @@
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
+#include "runtime.h"
 #include "worker.h"
 
 #define WSGUARD_VERSION "0.1.0"
@@ -249,8 +250,8 @@ main(int argc, char **argv)
     config_unsupported(keep, warn_cb, NULL);
     warn_unsafe(keep);
 
-    worker_iplimit = iplimit_new();
-    if (worker_iplimit == NULL) {
+    runtime_iplimit = iplimit_new();
+    if (runtime_iplimit == NULL) {
         log_error("cannot create the per-IP table (no randomness?)");
         return 1;
     }
@@ -300,7 +301,7 @@ main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++)
         worker_join(&workers[i]);
     free(workers);
-    iplimit_free(worker_iplimit);
+    iplimit_free(runtime_iplimit);
     config_unref(keep);
     log_info("stopped");
     return 0;

@@ -761,7 +761,6 @@ xff_client(const char *v, size_t len, const struct cidr_set *trusted,
 /* ---- PROXY protocol --------------------------------------------------- */
 
 #define PROXY_V1_MAX 107
-#define PROXY_V2_MAX 536
 #define PROXY_V2_HDR 16
 
 static const uint8_t proxy_v2_sig[12] = {
@@ -929,7 +928,7 @@ proxy_v2(const uint8_t *buf, size_t len, struct sockaddr_storage *src)
         return PROXY_INCOMPLETE;
     alen = (size_t)buf[14] << 8 | buf[15];
     total = PROXY_V2_HDR + alen;
-    if (total > PROXY_V2_MAX || alen < need)
+    if (total > PROXY_MAX || alen < need)
         return PROXY_ERROR;
     if (len < total)
         return PROXY_INCOMPLETE;

@@ -79,6 +79,7 @@ int xff_client(const char *v, size_t len, const struct cidr_set *trusted,
  */
 #define PROXY_ERROR (-1)
 #define PROXY_INCOMPLETE (-2)
+#define PROXY_MAX 536           /* the longest header accepted (v2) */
 struct sockaddr_storage;
 int proxy_parse(const uint8_t *buf, size_t len, struct sockaddr_storage *src);
 

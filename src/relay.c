@@ -1,57 +1,100 @@
 /*
- * relay.c - the frame relay of an upgraded session: two directions, each
- * with at most one 16 KiB buffer (see buf.h and docs/architecture.md),
- * the RFC 6455 checks and [limits] on every frame before any of it is
- * forwarded, wsguard's own frames (heartbeat ping, close) through the
- * ctl slot, the close handshakes, and the deadlines of a relaying
- * session. The state machine that leads here, and all teardown, is in
- * conn.c.
+ * relay.c - the relay engine of an upgraded session (see relay.h and
+ * docs/architecture.md, "Relay and buffer ownership").
+ *
+ * Each direction holds at most one 16 KiB buffer (buf.h). Reads land at
+ * last, dir_parse() advances parsed (unmasking, checking UTF-8 and
+ * re-masking payload in place as it goes), and the writer drains
+ * [pos, parsed): unvalidated bytes are never forwarded. A full buffer
+ * stops reading from the source until the destination takes bytes: that
+ * is all the backpressure there is, and it bounds memory.
+ *
+ * Frames wsguard sends itself (its ping, close frames) wait in the
+ * direction's small ctl slot until the stream toward that side is at a
+ * frame boundary; a ctl write that has begun is finished before any other
+ * byte goes out (with TLS a record of it may already be inside OpenSSL).
  */
-#include <errno.h>
-#include <openssl/err.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
+#include "relay.h"
 
-#include "conn_int.h"
+#include <stdio.h>
+#include <string.h>
+
 #include "log.h"
+#include "units.h"
 #include "utf8.h"
 
-static void enforced(struct conn *c, enum enforce e);
-static void relay_drop(struct conn *c, struct side *s, int code, const char *reason);
-static void dir_init(struct conn *c, struct dir *d, struct side *src, struct side *dst,
-         int from_client, uint64_t max_payload);
-static void conn_closing(struct conn *c);
-static void dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason);
-static void relay_ping(struct conn *c);
-static void dir_discard(struct dir *d);
-static size_t utf8_tail(const uint8_t *p, size_t n);
-static int limit_control(struct conn *c, struct dir *d, const struct ws_header *h);
-static int limit_data(struct conn *c, struct dir *d, const struct ws_header *h);
-static int dir_parse(struct conn *c, struct dir *d);
-static void dir_skip(struct conn *c, struct dir *d);
-static size_t dir_write(struct conn *c, struct side *dst, const uint8_t *p, size_t n);
-static int ctl_flush(struct conn *c, struct dir *d);
-static void dir_flush(struct conn *c, struct dir *d);
-static void dir_process(struct conn *c, struct dir *d);
-static void dir_pump(struct conn *c, struct dir *d);
-static void side_linger(struct conn *c, struct side *s);
+static void dir_flush(struct relay *r, struct dir *d);
 
-/* The session's deadlines (deadline.h) from its time stamps. */
-void
-relay_deadlines(const struct conn *c, double t[DL_COUNT])
+/* Internal event: wsguard's close frames were queued in both directions;
+ * the socket path writes them before returning (relay_rx_done leaves
+ * that to its caller, who drains with relay_tx_next). */
+#define RELAY_FLUSH 0x100u
+
+
+static void
+enforced(struct relay *r, enum enforce e)
 {
-    const struct config *cfg = cfg_of(c);
+    stats_add(&r->st->enforced[e], 1);
+}
+
+/* The direction that carries what s sends, and the one toward s. */
+static struct dir *
+dir_of(struct relay *r, const struct side *s)
+{
+    return s == r->cli.io ? &r->up : &r->down;
+}
+
+static struct dir *
+dir_to(struct relay *r, const struct side *s)
+{
+    return s == r->cli.io ? &r->down : &r->up;
+}
+
+static void
+dir_init(struct dir *d, struct peer *src, struct peer *dst, int from_client,
+         uint64_t max_payload)
+{
+    d->src = src;
+    d->dst = dst;
+    d->from_client = (uint8_t)from_client;
+    d->max_payload = max_payload;
+}
+
+void
+relay_init(struct relay *r, const struct relay_setup *s)
+{
+    const struct policy *p = s->pol;
+
+    memset(r, 0, sizeof *r);
+    r->cfg = s->cfg;
+    r->pol = p;
+    r->cli.io = s->cli;
+    r->be.io = s->be;
+    r->bufs = s->bufs;
+    r->rnd = s->rnd;
+    r->st = s->st;
+    r->name = s->name;
+    r->started = s->started;
+    r->expiry = s->expiry;
+    dir_init(&r->up, &r->cli, &r->be, 1, p->max_payload);
+    dir_init(&r->down, &r->be, &r->cli, 0, p->max_payload_backend);
+}
+
+/* ------------------------------------------------------------------ */
+/* Deadlines                                                           */
+
+static void
+relay_deadlines(const struct relay *r, double t[DL_COUNT])
+{
+    const struct config *cfg = r->cfg;
     struct session_times st = {
-        .started = c->started,
-        .last_activity = c->last_activity,
-        .cli_rx = c->cli_rx,
-        .ping_sent = c->ping_sent,
-        .cli_wblock = c->cli.wblock_since,
-        .be_wblock = c->be.wblock_since,
-        .expiry = c->tok_exp && c->pol->jwt_close_on_expiry
-                      ? (double)(c->tok_exp + c->tok_leeway) : 0,
+        .started = r->started,
+        .last_activity = r->last_activity,
+        .cli_rx = r->cli_rx,
+        .ping_sent = r->ping_sent,
+        .cli_wblock = r->cli.wblock_since,
+        .be_wblock = r->be.wblock_since,
+        .expiry = r->expiry,
     };
     struct session_timeouts to = {
         .max_lifetime_ms = cfg->max_lifetime_ms,
@@ -60,108 +103,90 @@ relay_deadlines(const struct conn *c, double t[DL_COUNT])
         .ping_interval_ms = cfg->ping_interval_ms,
         .pong_timeout_ms = cfg->pong_timeout_ms,
     };
-    if (c->ping_queued)
+    if (r->ping_queued)
         to.ping_interval_ms = 0;        /* no ping, no pong deadline */
     deadline_all(&st, &to, t);
 }
 
-static void
-enforced(struct conn *c, enum enforce e)
+/* Closing: the peers have close_timeout to answer our close frames. */
+static double
+close_deadline(const struct relay *r)
 {
-    atomic_fetch_add(&c->w->st.enforced[e], 1);
+    uint64_t t = r->cfg->close_timeout_ms;
+
+    return r->closing_since + units_seconds(t ? t : 1);
+}
+
+double
+relay_deadline(const struct relay *r)
+{
+    double t[DL_COUNT];
+
+    if (r->closing)
+        return close_deadline(r);
+    relay_deadlines(r, t);
+    return deadline_next(t);
+}
+
+/* ------------------------------------------------------------------ */
+/* Closing                                                             */
+
+static void
+start_closing(struct relay *r)
+{
+    if (r->closing)
+        return;
+    r->closing = 1;
+    r->closing_since = r->now;
+    r->ev |= RELAY_CLOSING | RELAY_REARM;
+}
+
+static void
+record_end(struct relay *r, int code, const char *by, const char *reason)
+{
+    if (r->close_code == 0) {
+        r->close_code = code;
+        r->closed_by = by;
+        r->reason = reason;
+    }
+}
+
+/* Nothing may be sent through d's ctl slot any more (or what waits
+ * there is dropped). */
+static void
+ctl_reset(struct relay *r, struct dir *d)
+{
+    d->ctl_len = d->ctl_off = 0;
+    d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
+    if (d == &r->down)
+        r->ping_queued = 0;
 }
 
 /* A side that is gone for good (stalled, silent): its socket is closed by
- * conn_settle(), which tells the other side with a close frame. */
+ * relay_settle(), which tells the other side with a close frame. */
 static void
-relay_drop(struct conn *c, struct side *s, int code, const char *reason)
+relay_drop(struct relay *r, struct peer *p, int code, const char *reason)
 {
-    if (c->close_code == 0) {
-        c->close_code = code;
-        c->closed_by = "wsguard";
-        c->reason = reason;
-    }
-    log_debug("session %s: dropping the %s: %s", c->client_ip,
-              s == &c->cli ? "client" : "backend", reason);
-    s->eof = 1;
-}
-
-void
-relay_timeout(struct conn *c, ev_tstamp now)
-{
-    double t[DL_COUNT];
-    relay_deadlines(c, t);
-    switch (deadline_due(t, now)) {
-    case DL_LIFETIME:
-        enforced(c, ENF_LIFETIME);
-        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
-                   "max lifetime", "wsguard");
-        break;
-    case DL_EXPIRY:
-        enforced(c, ENF_EXPIRY);
-        relay_fail(c, WS_CLOSE_POLICY, WS_CLOSE_POLICY, "token expired",
-                   "wsguard");
-        break;
-    case DL_IDLE:
-        enforced(c, ENF_IDLE);
-        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
-                   "idle timeout", "wsguard");
-        break;
-    case DL_STALL_CLI:
-        /* It does not read: a close frame would not reach it either. */
-        enforced(c, ENF_WRITE_STALL);
-        relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "client not reading");
-        break;
-    case DL_STALL_BE:
-        enforced(c, ENF_WRITE_STALL);
-        relay_drop(c, &c->be, WS_CLOSE_BAD_GATEWAY, "backend not reading");
-        break;
-    case DL_PONG:
-        enforced(c, ENF_PONG);
-        relay_drop(c, &c->cli, WS_CLOSE_GOING_AWAY, "pong timeout");
-        break;
-    case DL_PING:
-        relay_ping(c);
-        break;
-    default:
-        break;
-    }
-    conn_timer_arm(c);
-}
-
-static void
-dir_init(struct conn *c, struct dir *d, struct side *src, struct side *dst,
-         int from_client, uint64_t max_payload)
-{
-    d->src = src;
-    d->dst = dst;
-    d->from_client = (uint8_t)from_client;
-    d->max_payload = max_payload;
-}
-
-static void
-conn_closing(struct conn *c)
-{
-    if (c->state == CS_CLOSING)
-        return;
-    c->closing_since = ev_now(c->w->loop);
-    conn_set_state(c, CS_CLOSING);
+    record_end(r, code, "wsguard", reason);
+    log_debug("session %s: dropping the %s: %s", r->name,
+              p == &r->cli ? "client" : "backend", reason);
+    p->io->eof = 1;
 }
 
 /* Put a close frame for d's destination in d's ctl slot. Toward a server
  * (the backend) frames are masked with a fresh key (RFC 6455 §5.3). */
 static void
-dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason)
+dir_queue_close(struct relay *r, struct dir *d, int code, const char *reason)
 {
     /* One close per side: not after the peer's close went (or is going)
      * that way, not twice from wsguard. */
-    if (d->dst->fd == -1 || d->dst->sent_close || d->ctl_close ||
+    if (d->dst->io->fd == -1 || d->dst->sent_close || d->ctl_close ||
         d->relayed_close)
         return;
     uint8_t key[4];
     const uint8_t *k = NULL;
     if (d->from_client) {       /* toward the backend: masked */
-        worker_random(c->w, key, 4);
+        rnd_take(r->rnd, key, 4);
         k = key;
     }
     d->ctl_len += (uint16_t)ws_build_close(d->ctl + d->ctl_len,
@@ -172,22 +197,23 @@ dir_queue_close(struct conn *c, struct dir *d, int code, const char *reason)
 /* wsguard's own ping to a silent client (server to client: unmasked).
  * Its pong is recognised by the random payload and not relayed. */
 static void
-relay_ping(struct conn *c)
+relay_ping(struct relay *r)
 {
-    struct dir *d = &c->down;
-    if (d->ctl_len || d->relayed_close || c->cli.fd == -1)
+    struct dir *d = &r->down;
+
+    if (d->ctl_len || d->relayed_close || r->cli.io->fd == -1)
         return;
-    worker_random(c->w, c->ping_data, sizeof c->ping_data);
+    rnd_take(r->rnd, r->ping_data, sizeof r->ping_data);
     d->ctl_len = (uint16_t)ws_write_header(d->ctl, 1, WS_OP_PING, NULL,
-                                           sizeof c->ping_data);
-    memcpy(d->ctl + d->ctl_len, c->ping_data, sizeof c->ping_data);
-    d->ctl_len += sizeof c->ping_data;
+                                           sizeof r->ping_data);
+    memcpy(d->ctl + d->ctl_len, r->ping_data, sizeof r->ping_data);
+    d->ctl_len += sizeof r->ping_data;
     d->ctl_ping = 1;
     /* Until it is written (it may wait for the end of a frame the
      * backend is sending), neither another ping nor the pong timeout is
      * due: see relay_deadlines. */
-    c->ping_queued = 1;
-    dir_flush(c, d);
+    r->ping_queued = 1;
+    r->ev |= RELAY_FLUSH;
 }
 
 /* Stop forwarding in d: what was validated still goes out, the rest of
@@ -195,36 +221,64 @@ relay_ping(struct conn *c)
 static void
 dir_discard(struct dir *d)
 {
-    if (d->mode == DIR_DISCARD)
+    if (d->mode == MODE_DISCARD)
         return;
-    d->mode = DIR_DISCARD;
+    d->mode = MODE_DISCARD;
     /* The forwarded stream is left inside a frame: no frame of ours can
      * follow it, the destination's connection is cut after the flush. */
     if (d->in_frame)
         d->cut = 1;
 }
 
-void
-relay_fail(struct conn *c, int cli_code, int be_code, const char *reason,
-           const char *by)
+static unsigned
+take_events(struct relay *r)
 {
-    if (c->failing)
-        return;
-    c->failing = 1;
-    if (c->close_code == 0) {
-        c->close_code = cli_code;
-        c->closed_by = by;
-        c->reason = reason;
-    }
-    log_debug("session %s: closing: %d %s", c->client_ip, cli_code, reason);
-    dir_discard(&c->up);
-    dir_discard(&c->down);
-    dir_queue_close(c, &c->down, cli_code, reason);  /* to the client */
-    dir_queue_close(c, &c->up, be_code, reason);     /* to the backend */
-    conn_closing(c);
-    dir_flush(c, &c->down);
-    dir_flush(c, &c->up);
+    unsigned ev = r->ev & ~RELAY_FLUSH;
+
+    r->ev = 0;
+    return ev;
 }
+
+/* The socket path's end of an entry point: write what fail() queued. */
+static unsigned
+flushed_events(struct relay *r)
+{
+    if (r->ev & RELAY_FLUSH) {
+        r->ev &= ~RELAY_FLUSH;
+        dir_flush(r, &r->down);
+        dir_flush(r, &r->up);
+    }
+    return take_events(r);
+}
+
+static void
+fail(struct relay *r, int cli_code, int be_code, const char *reason,
+     const char *by)
+{
+    if (r->failing)
+        return;
+    r->failing = 1;
+    record_end(r, cli_code, by, reason);
+    log_debug("session %s: closing: %d %s", r->name, cli_code, reason);
+    dir_discard(&r->up);
+    dir_discard(&r->down);
+    dir_queue_close(r, &r->down, cli_code, reason);  /* to the client */
+    dir_queue_close(r, &r->up, be_code, reason);     /* to the backend */
+    start_closing(r);
+    r->ev |= RELAY_FLUSH;
+}
+
+unsigned
+relay_fail(struct relay *r, int cli_code, int be_code, const char *reason,
+           const char *by, double now)
+{
+    r->now = now;
+    fail(r, cli_code, be_code, reason, by);
+    return flushed_events(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* Validation                                                          */
 
 /* How many bytes at the end of p[0..n) belong to an unfinished UTF-8
  * sequence: continuation bytes back to and including their lead byte
@@ -243,12 +297,11 @@ utf8_tail(const uint8_t *p, size_t n)
 /* [limits] on a complete client control frame: pings and pongs share
  * one bucket; close frames are never limited. */
 static int
-limit_control(struct conn *c, struct dir *d, const struct ws_header *h)
+limit_control(struct relay *r, struct dir *d, const struct ws_header *h)
 {
-    uint64_t n = c->pol->control_frames_per_second;
+    uint64_t n = r->pol->control_frames_per_second;
     if (n == 0 || h->opcode == WS_OP_CLOSE ||
-        bucket_take(&c->b_ctl, (double)n, (double)n, 1,
-                    ev_now(c->w->loop), 0))
+        bucket_take(&r->b_ctl, (double)n, (double)n, 1, r->now, 0))
         return 0;
     d->why = "control frame rate exceeded";
     d->enf = ENF_CONTROL;
@@ -259,15 +312,14 @@ limit_control(struct conn *c, struct dir *d, const struct ws_header *h)
  * forwarded: the message rate is charged on a message's first frame, the
  * byte rate on every frame. */
 static int
-limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
+limit_data(struct relay *r, struct dir *d, const struct ws_header *h)
 {
-    const struct policy *p = c->pol;
-    ev_tstamp now = ev_now(c->w->loop);
+    const struct policy *p = r->pol;
 
     if (p->messages_per_second && h->opcode != WS_OP_CONT) {
         double rate = (double)p->messages_per_second;
         double burst = p->message_burst ? (double)p->message_burst : rate;
-        if (!bucket_take(&c->b_msgs, rate, burst, 1, now, 0)) {
+        if (!bucket_take(&r->b_msgs, rate, burst, 1, r->now, 0)) {
             d->why = "message rate exceeded";
             d->enf = ENF_RATE;
             return WS_CLOSE_POLICY;
@@ -275,7 +327,8 @@ limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
     }
     if (p->bytes_per_second) {
         double rate = (double)p->bytes_per_second;
-        if (!bucket_take(&c->b_bytes, rate, rate, (double)h->len, now, 1)) {
+        if (!bucket_take(&r->b_bytes, rate, rate, (double)h->len, r->now,
+                         1)) {
             d->why = "byte rate exceeded";
             d->enf = ENF_RATE;
             return WS_CLOSE_POLICY;
@@ -284,10 +337,112 @@ limit_data(struct conn *c, struct dir *d, const struct ws_header *h)
     return 0;
 }
 
+/* A complete control frame at p (header n bytes, h parsed and checked).
+ * Returns 0 (handled: forwarded, or wsguard's pong consumed), 1 when d
+ * switched to discard mode after a close, or the close code the sender
+ * earned. */
+static int
+dir_control(struct relay *r, struct dir *d, uint8_t *p, int n,
+            const struct ws_header *h, size_t avail)
+{
+    struct buf *b = d->b;
+    uint8_t *pl = p + n;
+    int code;
+
+    if (d->from_client && (code = limit_control(r, d, h)))
+        return code;
+    if (h->masked)
+        ws_mask(pl, (size_t)h->len, h->key, 0);
+    if (d->from_client && h->opcode == WS_OP_PONG && r->ping_sent > 0 &&
+        h->len == sizeof r->ping_data &&
+        memcmp(pl, r->ping_data, sizeof r->ping_data) == 0) {
+        /* The pong to wsguard's own ping: consumed here. */
+        size_t flen = (size_t)n + (size_t)h->len;
+        memmove(p, p + flen, avail - flen);
+        b->last -= (uint32_t)flen;
+        r->ping_sent = 0;
+        return 0;
+    }
+    if (h->opcode == WS_OP_CLOSE) {
+        code = ws_check_close(pl, (size_t)h->len);
+        if (code) {
+            d->why = "invalid close frame";
+            return code;
+        }
+        d->src->got_close = 1;
+        d->close_fwd = 1;
+        d->relayed_close = 1;
+        /* Nothing of ours may follow the peer's close (a close of ours is
+         * refused by relayed_close). */
+        if (d->ctl_len && !d->ctl_busy)
+            ctl_reset(r, d);
+        if (r->close_code == 0) {
+            r->close_code = h->len >= 2 ? (pl[0] << 8 | pl[1])
+                                        : WS_CLOSE_NO_STATUS;
+            r->closed_by = d->from_client ? "client" : "backend";
+        }
+    }
+    if (h->masked) {
+        rnd_take(r->rnd, p + n - 4, 4);
+        ws_mask(pl, (size_t)h->len, p + n - 4, 0);
+    }
+    b->parsed += (uint32_t)(n + h->len);
+    if (h->opcode == WS_OP_CLOSE) {
+        /* RFC 6455 §5.5.1: nothing follows a close frame. */
+        d->mode = MODE_DISCARD;
+        b->last = b->parsed;
+        start_closing(r);
+        return 1;
+    }
+    return 0;
+}
+
+/* Text payload p[0..take) of the current frame: unmask, validate UTF-8,
+ * re-mask. Returns how many bytes may be forwarded (the rest, at most 3,
+ * is an unfinished code point at the end of the final frame, held back),
+ * or -1 for invalid UTF-8. */
+static long
+dir_text(struct dir *d, uint8_t *p, size_t take)
+{
+    /* Client text that is ASCII (the common case) is unmasked, validated
+     * and re-masked in one pass; whatever follows the first non-ASCII
+     * byte takes the general path. */
+    size_t done = 0;
+    if (d->masked && d->msg.utf8 == UTF8_ACCEPT)
+        done = ws_remask_ascii(p, take, d->ckey, d->okey, d->frame_off);
+    uint8_t *q = p + done;
+    size_t m = take - done;
+    uint64_t off = d->frame_off + done;
+    uint32_t before = d->msg.utf8;
+    if (m > 0 && d->masked)
+        ws_mask(q, m, d->ckey, off);
+    uint32_t st = m > 0 ? utf8_validate(before, q, m) : before;
+    int last = d->fin && take == d->remaining;
+    if (st == UTF8_REJECT || (last && st != UTF8_ACCEPT))
+        return -1;
+    size_t hold = 0;
+    if (st != UTF8_ACCEPT && d->fin) {
+        /* The final frame so far ends inside a code point: hold those
+         * bytes back until it completes, so a message that ends there is
+         * refused before any of it goes out (the backend never gets an
+         * invalid message). */
+        hold = utf8_tail(q, m);
+        st = utf8_validate(before, q, m - hold);
+    }
+    d->msg.utf8 = st;
+    if (m > 0 && d->masked) {
+        ws_mask(q, m - hold, d->okey, off);
+        /* Held bytes go back to the sender's mask, to be processed again
+         * when the rest arrives. */
+        ws_mask(q + m - hold, hold, d->ckey, off + m - hold);
+    }
+    return (long)(take - hold);
+}
+
 /* Validate and transform new bytes [parsed, last) of d. Returns 0, or the
  * close code the sender has earned. */
 static int
-dir_parse(struct conn *c, struct dir *d)
+dir_parse(struct relay *r, struct dir *d)
 {
     struct buf *b = d->b;
 
@@ -312,63 +467,18 @@ dir_parse(struct conn *c, struct dir *d)
                 return code;
             }
             if (h.opcode & 0x8) {
-                /* Control frames are handled whole (≤ 139 bytes): the
+                /* Control frames are handled whole (<= 139 bytes): the
                  * close payload must be checked before it is relayed. */
                 if (avail < (size_t)n + h.len)
                     return 0;
-                if (d->from_client && (code = limit_control(c, d, &h)))
-                    return code;
-                uint8_t *pl = p + n;
-                if (h.masked)
-                    ws_mask(pl, (size_t)h.len, h.key, 0);
-                if (d->from_client && h.opcode == WS_OP_PONG &&
-                    c->ping_sent > 0 && h.len == sizeof c->ping_data &&
-                    memcmp(pl, c->ping_data, sizeof c->ping_data) == 0) {
-                    /* The pong to wsguard's own ping: consumed here. */
-                    size_t flen = (size_t)n + (size_t)h.len;
-                    memmove(p, p + flen, avail - flen);
-                    b->last -= (uint32_t)flen;
-                    c->ping_sent = 0;
-                    continue;
-                }
-                if (h.opcode == WS_OP_CLOSE) {
-                    code = ws_check_close(pl, (size_t)h.len);
-                    if (code) {
-                        d->why = "invalid close frame";
-                        return code;
-                    }
-                    d->src->got_close = 1;
-                    d->close_fwd = 1;
-                    d->relayed_close = 1;
-                    if (d->ctl_len && !d->ctl_busy) {
-                        /* Nothing of ours may follow the peer's close
-                         * (a close of ours is refused by relayed_close). */
-                        d->ctl_len = d->ctl_off = 0;
-                        d->ctl_close = d->ctl_ping = 0;
-                        if (d == &c->down)
-                            c->ping_queued = 0;
-                    }
-                    if (c->close_code == 0) {
-                        c->close_code = h.len >= 2 ? (pl[0] << 8 | pl[1])
-                                                   : WS_CLOSE_NO_STATUS;
-                        c->closed_by = d->from_client ? "client" : "backend";
-                    }
-                }
-                if (h.masked) {
-                    worker_random(c->w, p + n - 4, 4);
-                    ws_mask(pl, (size_t)h.len, p + n - 4, 0);
-                }
-                b->parsed += (uint32_t)(n + h.len);
-                if (h.opcode == WS_OP_CLOSE) {
-                    /* RFC 6455 §5.5.1: nothing follows a close frame. */
-                    d->mode = DIR_DISCARD;
-                    b->last = b->parsed;
-                    conn_closing(c);
+                code = dir_control(r, d, p, n, &h, avail);
+                if (code == 1)
                     return 0;
-                }
+                if (code)
+                    return code;
                 continue;
             }
-            if (d->from_client && (code = limit_data(c, d, &h)))
+            if (d->from_client && (code = limit_data(r, d, &h)))
                 return code;
             if (h.fin && h.len == 0 && d->msg.opcode == WS_OP_TEXT &&
                 d->msg.utf8 != UTF8_ACCEPT) {
@@ -379,7 +489,7 @@ dir_parse(struct conn *c, struct dir *d)
             }
             if (h.masked) {
                 memcpy(d->ckey, h.key, 4);
-                worker_random(c->w, d->okey, 4);
+                rnd_take(r->rnd, d->okey, 4);
                 memcpy(p + n - 4, d->okey, 4);
             }
             d->masked = h.masked;
@@ -391,46 +501,15 @@ dir_parse(struct conn *c, struct dir *d)
         } else {
             size_t take = avail < d->remaining ? avail : (size_t)d->remaining;
             if (d->msg.opcode == WS_OP_TEXT) {
-                /* Client text that is ASCII (the common case) is unmasked,
-                 * validated and re-masked in one pass; whatever follows
-                 * the first non-ASCII byte takes the general path. */
-                size_t done = 0;
-                if (d->masked && d->msg.utf8 == UTF8_ACCEPT)
-                    done = ws_remask_ascii(p, take, d->ckey, d->okey,
-                                           d->frame_off);
-                uint8_t *q = p + done;
-                size_t m = take - done;
-                uint64_t off = d->frame_off + done;
-                uint32_t before = d->msg.utf8;
-                if (m > 0 && d->masked)
-                    ws_mask(q, m, d->ckey, off);
-                uint32_t st = m > 0 ? utf8_validate(before, q, m) : before;
-                int last = d->fin && take == d->remaining;
-                if (st == UTF8_REJECT || (last && st != UTF8_ACCEPT)) {
+                long ok = dir_text(d, p, take);
+                if (ok < 0) {
                     d->why = "invalid UTF-8";
                     return WS_CLOSE_INVALID_DATA;
                 }
-                size_t hold = 0;
-                if (st != UTF8_ACCEPT && d->fin) {
-                    /* The final frame so far ends inside a code point: hold
-                     * those bytes back until it completes, so a message
-                     * that ends there is refused before any of it goes
-                     * out (the backend never gets an invalid message). */
-                    hold = utf8_tail(q, m);
-                    st = utf8_validate(before, q, m - hold);
-                }
-                d->msg.utf8 = st;
-                if (m > 0 && d->masked) {
-                    ws_mask(q, m - hold, d->okey, off);
-                    /* Held bytes go back to the sender's mask, to be
-                     * processed again when the rest arrives. */
-                    ws_mask(q + m - hold, hold, d->ckey, off + m - hold);
-                }
-                if (hold) {
-                    take -= hold;
-                    b->parsed += (uint32_t)take;
-                    d->remaining -= take;
-                    d->frame_off += take;
+                if ((size_t)ok < take) {
+                    b->parsed += (uint32_t)ok;
+                    d->remaining -= (uint64_t)ok;
+                    d->frame_off += (uint64_t)ok;
                     return 0;
                 }
             } else if (d->masked) {
@@ -453,6 +532,8 @@ dir_parse(struct conn *c, struct dir *d)
                     return code;
                 }
                 d->msgs++;
+                stats_add(&r->st->messages[d->from_client ? DIR_IN
+                                                          : DIR_OUT], 1);
             }
         }
     }
@@ -462,7 +543,7 @@ dir_parse(struct conn *c, struct dir *d)
 /* Discard mode: walk the sender's frames without forwarding any, to see
  * its close frame; the bytes are dropped from the buffer. */
 static void
-dir_skip(struct conn *c, struct dir *d)
+dir_skip(struct dir *d)
 {
     struct buf *b = d->b;
     uint32_t q = b->parsed;
@@ -495,143 +576,24 @@ dir_skip(struct conn *c, struct dir *d)
     d->in_frame = d->remaining > 0;
     memmove(b->data + b->parsed, b->data + q, b->last - q);
     b->last = b->parsed + (b->last - q);
-    (void)c;
-}
-
-/* Write n bytes at p to dst; returns what was written (0 when blocked or
- * broken). Tracks how long output to dst has been blocked, for
- * write_timeout: any progress resets the clock. */
-static size_t
-dir_write(struct conn *c, struct side *dst, const uint8_t *p, size_t n)
-{
-    ssize_t w = side_write(dst, p, n);
-    if (w > 0) {
-        dst->wblock_since = 0;
-        return (size_t)w;
-    }
-    if (w == 0 && dst->wblock_since == 0) {
-        dst->wblock_since = ev_now(c->w->loop);
-        if (cfg_of(c)->write_timeout_ms && c->state == CS_RELAY)
-            conn_timer_arm(c);
-    }
-    return 0;
-}
-
-/* Write what is left of d's ctl slot. Returns 1 when it is all out. */
-static int
-ctl_flush(struct conn *c, struct dir *d)
-{
-    struct side *dst = d->dst;
-
-    while (d->ctl_len) {
-        size_t n = dir_write(c, dst, d->ctl + d->ctl_off,
-                             (size_t)(d->ctl_len - d->ctl_off));
-        if (n == 0) {
-            /* Begun (or blocked: with TLS a record of it may already be
-             * inside OpenSSL): nothing else may be written first. */
-            d->ctl_busy = 1;
-            return 0;
-        }
-        d->ctl_busy = 1;
-        d->ctl_off += (uint16_t)n;
-        if (d->ctl_off < d->ctl_len)
-            continue;
-        if (d->ctl_close)
-            dst->sent_close = 1;
-        if (d->ctl_ping) {
-            c->ping_sent = ev_now(c->w->loop);
-            c->ping_queued = 0;
-            conn_timer_arm(c);          /* the pong deadline starts */
-        }
-        d->ctl_len = d->ctl_off = 0;
-        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
-    }
-    return 1;
-}
-
-/* Write what d holds for its destination: validated bytes first, then
- * wsguard's own frames, but only where a frame may start. A ctl write
- * that has begun is always finished before anything else. */
-static void
-dir_flush(struct conn *c, struct dir *d)
-{
-    struct side *dst = d->dst;
-    struct buf *b = d->b;
-
-    if (dst->fd == -1 || dst->eof) {
-        if (b)
-            b->pos = b->parsed;
-        d->ctl_len = d->ctl_off = 0;
-        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
-        c->ping_queued = d == &c->down ? 0 : c->ping_queued;
-    }
-    if (d->ctl_busy && !ctl_flush(c, d))
-        return;
-    while (b && b->pos < b->parsed) {
-        size_t n = dir_write(c, dst, b->data + b->pos, b->parsed - b->pos);
-        if (n == 0)
-            return;
-        b->pos += (uint32_t)n;
-    }
-    if (d->close_fwd && d->mode == DIR_DISCARD) {
-        /* The relayed close frame was the last forwarded byte. */
-        d->close_fwd = 0;
-        dst->sent_close = 1;
-    }
-    if (d->cut) {
-        dst->kill = 1;
-        d->ctl_len = d->ctl_off = 0;
-        d->ctl_close = d->ctl_ping = d->ctl_busy = 0;
-    }
-    /* In relay mode a frame of the peer's may be half forwarded: ours
-     * wait for its end. In discard mode the forwarded stream ended on a
-     * frame boundary (or is cut). */
-    int boundary = d->mode == DIR_DISCARD || !d->in_frame;
-    if (d->ctl_len && boundary && !ctl_flush(c, d))
-        return;
-    dst->wblocked = 0;
-    if (b) {
-        if (b->parsed == b->last) {
-            d->b = NULL;
-            worker_buf_put(c->w, b);
-        } else if (b->pos > 0) {
-            /* Only an incomplete header or control frame is left. */
-            memmove(b->data, b->data + b->parsed, b->last - b->parsed);
-            b->last -= b->parsed;
-            b->pos = b->parsed = 0;
-        }
-    }
-}
-
-/* Has d bytes (relayed or its own) waiting for its destination? */
-int
-dir_pending(const struct dir *d)
-{
-    return (d->b && d->b->pos < d->b->parsed) || d->ctl_len;
-}
-
-/* Can d take more bytes from its source right now? */
-int
-dir_room(const struct dir *d)
-{
-    const struct buf *b = d->b;
-    return b == NULL || b->last < BUF_SIZE || b->pos == b->parsed;
 }
 
 static void
-dir_process(struct conn *c, struct dir *d)
+dir_process(struct relay *r, struct dir *d)
 {
-    if (d->mode == DIR_DISCARD) {
-        dir_skip(c, d);
+    if (d->mode == MODE_DISCARD) {
+        dir_skip(d);
+        BUF_CHECK(d->b);
         return;
     }
     uint32_t before = d->b->parsed;
-    int code = dir_parse(c, d);
+    int code = dir_parse(r, d);
+    BUF_CHECK(d->b);
     /* Activity for idle_timeout is what gets relayed: the pong to
      * wsguard's own ping is consumed without advancing parsed, so
      * heartbeats alone never keep an idle session open. */
     if (d->b->parsed != before)
-        c->last_activity = ev_now(c->w->loop);
+        r->last_activity = r->now;
     if (code == 0)
         return;
     /* A peer that broke the protocol is not waited for: it may be inside
@@ -641,208 +603,454 @@ dir_process(struct conn *c, struct dir *d)
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
-    snprintf(c->why_buf, sizeof c->why_buf, "%s %s",
+    snprintf(r->why_buf, sizeof r->why_buf, "%s %s",
              d->from_client ? "client" : "backend",
              d->why ? d->why : "protocol error");
-    enforced(c, code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
+    enforced(r, code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
                 : code == WS_CLOSE_POLICY ? (enum enforce)d->enf
                                           : ENF_PROTOCOL);
     if (d->from_client)
-        relay_fail(c, code, code, c->why_buf, "wsguard");
+        fail(r, code, code, r->why_buf, "wsguard");
     else
-        relay_fail(c, WS_CLOSE_BAD_GATEWAY, code, c->why_buf, "wsguard");
+        fail(r, WS_CLOSE_BAD_GATEWAY, code, r->why_buf, "wsguard");
     /* What is left unparsed is dropped now, so a full buffer never stops
      * reading (the peer's close reply must still be seen). */
-    if (d->b != NULL && d->mode == DIR_DISCARD)
-        dir_skip(c, d);
+    if (d->b != NULL && d->mode == MODE_DISCARD)
+        dir_skip(d);
+}
+
+/* ------------------------------------------------------------------ */
+/* The engine over buffers                                             */
+
+uint8_t *
+relay_rx_space(struct relay *r, struct dir *d, size_t *room)
+{
+    *room = 0;
+    if (d->b == NULL && (d->b = bufpool_get(r->bufs)) == NULL) {
+        fail(r, WS_CLOSE_INTERNAL, WS_CLOSE_INTERNAL, "out of memory",
+             "wsguard");
+        return NULL;
+    }
+    struct buf *b = d->b;
+    if (b->last == BUF_SIZE)
+        buf_compact(b);
+    *room = BUF_SIZE - b->last;
+    return *room > 0 ? b->data + b->last : NULL;
+}
+
+/* n bytes landed at last: count them, validate them. */
+static void
+dir_rx_done(struct relay *r, struct dir *d, size_t n)
+{
+    d->b->last += (uint32_t)n;
+    if (d->mode == MODE_RELAY)
+        d->bytes += (uint64_t)n;
+    stats_add(&r->st->bytes[d->from_client ? DIR_IN : DIR_OUT], n);
+    if (d->from_client) {
+        /* Any byte answers an outstanding ping: the next deadline is the
+         * next ping, which may come before the pong deadline the timer
+         * is armed for. */
+        if (r->ping_sent > r->cli_rx)
+            r->ev |= RELAY_REARM;
+        r->cli_rx = r->now;
+    }
+    dir_process(r, d);
+}
+
+unsigned
+relay_rx_done(struct relay *r, struct dir *d, size_t n, double now)
+{
+    r->now = now;
+    dir_rx_done(r, d, n);
+    return take_events(r);
+}
+
+/* The output d must not send any more (its destination is gone). */
+static void
+dir_drop_output(struct relay *r, struct dir *d)
+{
+    if (d->b != NULL)
+        d->b->pos = d->b->parsed;
+    ctl_reset(r, d);
+}
+
+/* Everything for d's destination has been written: the buffer goes back
+ * to the pool, or keeps only the partial frame at its end. */
+static void
+dir_tx_idle(struct relay *r, struct dir *d)
+{
+    struct buf *b = d->b;
+
+    if (b == NULL)
+        return;
+    if (b->parsed == b->last) {
+        d->b = NULL;
+        bufpool_put(r->bufs, b);
+    } else {
+        buf_compact(b);
+    }
+}
+
+const uint8_t *
+relay_tx_next(struct relay *r, struct dir *d, size_t *len)
+{
+    struct buf *b = d->b;
+
+    if (d->ctl_busy) {
+        *len = (size_t)(d->ctl_len - d->ctl_off);
+        return d->ctl + d->ctl_off;
+    }
+    if (b != NULL && b->pos < b->parsed) {
+        *len = b->parsed - b->pos;
+        return b->data + b->pos;
+    }
+    if (d->close_fwd && d->mode == MODE_DISCARD) {
+        /* The relayed close frame was the last forwarded byte. */
+        d->close_fwd = 0;
+        d->dst->sent_close = 1;
+    }
+    if (d->cut) {
+        d->dst->kill = 1;
+        ctl_reset(r, d);
+    }
+    /* In relay mode a frame of the peer's may be half forwarded: ours
+     * wait for its end. In discard mode the forwarded stream ended on a
+     * frame boundary (or is cut). */
+    if (d->ctl_len && (d->mode == MODE_DISCARD || !d->in_frame)) {
+        d->ctl_busy = 1;        /* from here it must be finished first */
+        *len = (size_t)(d->ctl_len - d->ctl_off);
+        return d->ctl + d->ctl_off;
+    }
+    dir_tx_idle(r, d);
+    *len = 0;
+    return NULL;
+}
+
+/* n bytes of what relay_tx_next returned were written. */
+static void
+dir_tx_done(struct relay *r, struct dir *d, size_t n)
+{
+    if (!d->ctl_busy) {
+        d->b->pos += (uint32_t)n;
+        BUF_CHECK(d->b);
+        return;
+    }
+    d->ctl_off += (uint16_t)n;
+    if (d->ctl_off < d->ctl_len)
+        return;
+    if (d->ctl_close)
+        d->dst->sent_close = 1;
+    if (d->ctl_ping) {
+        r->ping_sent = r->now;
+        r->ping_queued = 0;
+        r->ev |= RELAY_REARM;           /* the pong deadline starts */
+    }
+    ctl_reset(r, d);
+}
+
+unsigned
+relay_tx_done(struct relay *r, struct dir *d, size_t n, double now)
+{
+    r->now = now;
+    dir_tx_done(r, d, n);
+    return take_events(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* The engine over the transport                                       */
+
+/* Write what d holds for its destination: validated bytes first, then
+ * wsguard's own frames, but only where a frame may start. */
+static void
+dir_flush(struct relay *r, struct dir *d)
+{
+    struct peer *dst = d->dst;
+    const uint8_t *p;
+    size_t len, n;
+
+    if (dst->io->fd == -1 || dst->io->eof)
+        dir_drop_output(r, d);
+    while ((p = relay_tx_next(r, d, &len)) != NULL) {
+        enum io_result res = side_write(dst->io, p, len, &n);
+        if (res != IO_OK) {
+            /* Blocked: write_timeout counts from here (any progress
+             * resets it). Broken: relay_settle() notices eof. */
+            if (res == IO_AGAIN && dst->wblock_since == 0) {
+                dst->wblock_since = r->now;
+                if (r->cfg->write_timeout_ms && !r->closing)
+                    r->ev |= RELAY_REARM;
+            }
+            return;
+        }
+        dst->wblock_since = 0;
+        dir_tx_done(r, d, n);
+    }
+    dst->io->wblocked = 0;
 }
 
 /* Read from d's source while there is room, validate, forward. */
 static void
-dir_pump(struct conn *c, struct dir *d)
+dir_pump(struct relay *r, struct dir *d)
 {
-    struct side *src = d->src;
+    struct side *src = d->src->io;
     int i;
 
-    for (i = 0; i < READS_PER_EVENT && src->fd != -1 && !src->eof; i++) {
-        if (d->b == NULL && (d->b = worker_buf_get(c->w)) == NULL) {
-            relay_fail(c, WS_CLOSE_INTERNAL, WS_CLOSE_INTERNAL,
-                       "out of memory", "wsguard");
-            return;
-        }
-        struct buf *b = d->b;
-        if (b->last == BUF_SIZE && b->pos == b->parsed && b->parsed > 0) {
-            memmove(b->data, b->data + b->parsed, b->last - b->parsed);
-            b->last -= b->parsed;
-            b->pos = b->parsed = 0;
-        }
-        size_t room = BUF_SIZE - b->last;
-        if (room == 0) {
-            src->full_stop = 1; /* full: wait for the destination */
+    for (i = 0; i < RELAY_READS_PER_EVENT && src->fd != -1 && !src->eof;
+         i++) {
+        size_t room, n;
+        uint8_t *p = relay_rx_space(r, d, &room);
+        if (p == NULL) {
+            if (room == 0 && d->b != NULL)
+                src->full_stop = 1;     /* full: wait for the destination */
             break;
         }
-        ssize_t n = side_read(src, b->data + b->last, room);
-        if (n <= 0) {
-            if (b->last == 0) {
+        if (side_read(src, p, room, &n) != IO_OK) {
+            if (d->b->last == 0) {
+                bufpool_put(r->bufs, d->b);
                 d->b = NULL;
-                worker_buf_put(c->w, b);
             }
             break;
         }
-        b->last += (uint32_t)n;
-        if (d->mode == DIR_RELAY)
-            d->bytes += (uint64_t)n;
-        atomic_fetch_add_explicit(d->from_client ? &c->w->st.bytes_in
-                                                 : &c->w->st.bytes_out,
-                                  (uint64_t)n, memory_order_relaxed);
-        if (d->from_client) {
-            /* Any byte answers an outstanding ping: the next deadline is
-             * the next ping, which may come before the pong deadline the
-             * timer is armed for. */
-            int answered = c->ping_sent > c->cli_rx;
-            c->cli_rx = ev_now(c->w->loop);
-            if (answered)
-                conn_timer_arm(c);
-        }
-        dir_process(c, d);
-        dir_flush(c, d);
+        dir_rx_done(r, d, n);
+        dir_flush(r, d);
         /* A short read drained the socket (level-triggered epoll tells
          * us when more comes); with TLS only if OpenSSL holds nothing
          * either. This saves a read(2) that would return EAGAIN. */
-        if ((size_t)n < room &&
-            (src->ssl == NULL || !SSL_has_pending(src->ssl)))
+        if (n < room && !side_pending(src))
             break;
     }
-    side_refeed(c, src, i);
+    if (i == RELAY_READS_PER_EVENT)
+        side_refeed(src);
 }
 
-void
-relay_start(struct conn *c)
+unsigned
+relay_start(struct relay *r, double now, const uint8_t *up, size_t up_n,
+            const uint8_t *down, size_t down_n)
 {
-    const struct policy *p = c->pol;
+    const struct policy *p = r->pol;
+    size_t room;
+    uint8_t *q;
 
-    c->relayed = 1;
-    c->last_activity = c->cli_rx = ev_now(c->w->loop);
-    bucket_init(&c->b_msgs, p->message_burst ? (double)p->message_burst
+    r->now = now;
+    r->last_activity = r->cli_rx = now;
+    bucket_init(&r->b_msgs, p->message_burst ? (double)p->message_burst
                                              : (double)p->messages_per_second,
-                c->cli_rx);
-    bucket_init(&c->b_bytes, (double)p->bytes_per_second, c->cli_rx);
-    bucket_init(&c->b_ctl, (double)p->control_frames_per_second, c->cli_rx);
-    atomic_fetch_add(&c->w->st.sessions, 1);
-    dir_init(c, &c->up, &c->cli, &c->be, 1, p->max_payload);
-    dir_init(c, &c->down, &c->be, &c->cli, 0, p->max_payload_backend);
-    conn_set_state(c, CS_RELAY);
-    if (c->w->drain_expired)
-        relay_fail(c, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY, "draining",
-                   "wsguard");
-    if (c->down.b) {
-        dir_process(c, &c->down);
-        dir_flush(c, &c->down);
+                now);
+    bucket_init(&r->b_bytes, (double)p->bytes_per_second, now);
+    bucket_init(&r->b_ctl, (double)p->control_frames_per_second, now);
+    r->ev |= RELAY_REARM;
+    /* The backend's first frames may have come with its 101. */
+    if (down_n > 0) {
+        if ((q = relay_rx_space(r, &r->down, &room)) == NULL ||
+            down_n > room) {
+            fail(r, WS_CLOSE_BAD_GATEWAY, WS_CLOSE_GOING_AWAY,
+                 "too much data after the backend's 101", "wsguard");
+        } else {
+            memcpy(q, down, down_n);
+            dir_rx_done(r, &r->down, down_n);
+            dir_flush(r, &r->down);
+        }
     }
     /* The client may have sent frames right behind its request. */
-    size_t extra = c->hs->head_len - c->hs->head_used;
-    if (extra > 0) {
-        if (extra > BUF_SIZE || (c->up.b = worker_buf_get(c->w)) == NULL) {
-            relay_fail(c, WS_CLOSE_PROTOCOL, WS_CLOSE_GOING_AWAY,
-                       "too much data before the upgrade", "wsguard");
+    if (up_n > 0) {
+        if (up_n > BUF_SIZE ||
+            (q = relay_rx_space(r, &r->up, &room)) == NULL) {
+            fail(r, WS_CLOSE_PROTOCOL, WS_CLOSE_GOING_AWAY,
+                 "too much data before the upgrade", "wsguard");
         } else {
-            memcpy(c->up.b->data, c->hs->head + c->hs->head_used, extra);
-            c->up.b->last = (uint32_t)extra;
-            c->up.bytes += extra;
-            dir_process(c, &c->up);
-            dir_flush(c, &c->up);
+            memcpy(q, up, up_n);
+            dir_rx_done(r, &r->up, up_n);
+            dir_flush(r, &r->up);
         }
     }
-    hs_free(c->hs);
-    c->hs = NULL;
+    return flushed_events(r);
 }
 
-/* The close handshake with s is complete: send our end of the stream
- * (TLS close_notify, TCP FIN) and keep reading until the peer closes too,
- * bounded by close_timeout. Closing at once with unread input would make
- * the kernel answer the peer's late frames with a reset. */
+unsigned
+relay_io(struct relay *r, struct side *s, int revents, double now)
+{
+    struct dir *in = dir_of(r, s);
+    struct dir *out = dir_to(r, s);
+
+    r->now = now;
+    if ((revents & EV_WRITE) || ((revents & EV_READ) && s->wr_wants_rd))
+        dir_flush(r, out);
+    if ((revents & EV_READ) || ((revents & EV_WRITE) && s->rd_wants_wr))
+        dir_pump(r, in);
+    return flushed_events(r);
+}
+
+/* Act on the deadline that is due at r->now. */
 static void
-side_linger(struct conn *c, struct side *s)
+tick(struct relay *r)
 {
-    s->lingering = 1;
-    if (s->ssl) {
-        SSL_shutdown(s->ssl);
-        ERR_clear_error();
+    double t[DL_COUNT];
+
+    r->ev |= RELAY_REARM;
+    if (r->closing) {
+        if (r->now + 0.0005 >= close_deadline(r)) {
+            if (r->reason == NULL)
+                r->reason = "close timeout";
+            side_close(r->cli.io);
+            side_close(r->be.io);
+            r->ev |= RELAY_DONE;
+        }
+        return;
     }
-    shutdown(s->fd, SHUT_WR);
-    ev_io_stop(c->w->loop, &s->wr);
+    relay_deadlines(r, t);
+    switch (deadline_due(t, r->now)) {
+    case DL_LIFETIME:
+        enforced(r, ENF_LIFETIME);
+        fail(r, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY, "max lifetime",
+             "wsguard");
+        break;
+    case DL_EXPIRY:
+        enforced(r, ENF_EXPIRY);
+        fail(r, WS_CLOSE_POLICY, WS_CLOSE_POLICY, "token expired",
+             "wsguard");
+        break;
+    case DL_IDLE:
+        enforced(r, ENF_IDLE);
+        fail(r, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY, "idle timeout",
+             "wsguard");
+        break;
+    case DL_STALL_CLI:
+        /* It does not read: a close frame would not reach it either. */
+        enforced(r, ENF_WRITE_STALL);
+        relay_drop(r, &r->cli, WS_CLOSE_GOING_AWAY, "client not reading");
+        break;
+    case DL_STALL_BE:
+        enforced(r, ENF_WRITE_STALL);
+        relay_drop(r, &r->be, WS_CLOSE_BAD_GATEWAY, "backend not reading");
+        break;
+    case DL_PONG:
+        enforced(r, ENF_PONG);
+        relay_drop(r, &r->cli, WS_CLOSE_GOING_AWAY, "pong timeout");
+        break;
+    case DL_PING:
+        relay_ping(r);
+        break;
+    default:
+        break;
+    }
 }
 
-/* After every event: close sides that are finished, tell the other side
- * when one vanished, free the connection when both are closed. */
-void
-relay_settle(struct conn *c)
+unsigned
+relay_tick(struct relay *r, double now)
 {
-    struct side *sides[2] = {&c->cli, &c->be};
+    r->now = now;
+    tick(r);
+    return take_events(r);
+}
 
+unsigned
+relay_timeout(struct relay *r, double now)
+{
+    r->now = now;
+    tick(r);
+    return flushed_events(r);
+}
+
+/* The other side of a leg that vanished without the close handshake is
+ * told with a close frame of its own. */
+static void
+peer_vanished(struct relay *r, struct peer *gone)
+{
+    if (gone == &r->be) {
+        record_end(r, WS_CLOSE_BAD_GATEWAY, "backend",
+                   "backend connection lost");
+        int code = r->cli.got_close ? WS_CLOSE_NORMAL : WS_CLOSE_BAD_GATEWAY;
+        dir_discard(&r->up);
+        /* If it died inside a frame it was sending, that frame can not be
+         * finished toward the client: cut, no close frame. */
+        dir_discard(&r->down);
+        dir_queue_close(r, &r->down, code, r->reason);
+        dir_flush(r, &r->down);
+    } else {
+        record_end(r, WS_CLOSE_ABNORMAL, "client", "client connection lost");
+        dir_discard(&r->down);
+        dir_discard(&r->up);
+        dir_queue_close(r, &r->up, WS_CLOSE_GOING_AWAY, r->reason);
+        dir_flush(r, &r->up);
+    }
+    start_closing(r);
+}
+
+unsigned
+relay_settle(struct relay *r, double now)
+{
+    struct peer *peers[2] = {&r->cli, &r->be};
+
+    r->now = now;
     for (int i = 0; i < 2; i++) {
-        struct side *s = sides[i];
-        struct dir *out = s == &c->cli ? &c->down : &c->up;
+        struct peer *p = peers[i];
+        struct side *s = p->io;
+        struct dir *out = dir_to(r, s);
+
         if (s->fd == -1)
             continue;
-        int pending = dir_pending(out);
-        if (s->sent_close && s->got_close && !s->lingering && !s->eof &&
-            !s->kill) {
-            side_linger(c, s);
+        if (p->sent_close && p->got_close && !s->shut && !s->eof &&
+            !p->kill) {
+            /* The close handshake with it is complete: send our end of
+             * the stream and read until it closes too, bounded by
+             * close_timeout. Closing at once with unread input would make
+             * the kernel answer its late frames with a reset. */
+            side_shutdown(s);
             continue;
         }
-        int done = s->eof || (s->kill && !pending);
+        int done = s->eof || (p->kill && !relay_dir_pending(out));
         if (!done)
             continue;
-        int abnormal = !(s->sent_close && s->got_close);
-        side_close(c, s);
+        int abnormal = !(p->sent_close && p->got_close);
+        side_close(s);
         /* What was waiting for it is dropped, which makes room to keep
          * reading the other side (and see its close reply). */
-        dir_flush(c, out);
+        dir_flush(r, out);
         if (!abnormal)
             continue;
-        /* It vanished without the close handshake: the other side is
-         * told with a close frame of its own. */
-        if (s == &c->be) {
-            if (c->close_code == 0) {
-                c->close_code = WS_CLOSE_BAD_GATEWAY;
-                c->closed_by = "backend";
-                c->reason = "backend connection lost";
-            }
-            int code = c->cli.got_close ? WS_CLOSE_NORMAL
-                                        : WS_CLOSE_BAD_GATEWAY;
-            dir_discard(&c->up);
-            /* If it died inside a frame it was sending, that frame can
-             * not be finished toward the client: cut, no close frame. */
-            dir_discard(&c->down);
-            dir_queue_close(c, &c->down, code, c->reason);
-            dir_flush(c, &c->down);
-        } else {
-            if (c->close_code == 0) {
-                c->close_code = 1006;
-                c->closed_by = "client";
-                c->reason = "client connection lost";
-            }
-            dir_discard(&c->down);
-            dir_discard(&c->up);
-            dir_queue_close(c, &c->up, WS_CLOSE_GOING_AWAY, c->reason);
-            dir_flush(c, &c->up);
-        }
-        conn_closing(c);
+        peer_vanished(r, p);
         i = -1;                 /* re-check both sides */
     }
-    if (c->cli.fd == -1 && c->be.fd == -1)
-        c->dead = 1;
+    if (r->cli.io->fd == -1 && r->be.io->fd == -1)
+        r->ev |= RELAY_DONE;
+    return flushed_events(r);
+}
+
+int
+relay_dir_pending(const struct dir *d)
+{
+    return (d->b && d->b->pos < d->b->parsed) || d->ctl_len;
+}
+
+/* Can d take more bytes from its source right now? */
+static int
+dir_room(const struct dir *d)
+{
+    const struct buf *b = d->b;
+    return b == NULL || b->last < BUF_SIZE || b->pos == b->parsed;
 }
 
 void
-relay_io(struct conn *c, struct side *s, int revents)
+relay_watch(struct relay *r)
 {
-    struct dir *in = s == &c->cli ? &c->up : &c->down;
-    struct dir *out = s == &c->cli ? &c->down : &c->up;
+    const struct peer *peers[2] = {&r->cli, &r->be};
 
-    if ((revents & EV_WRITE) || ((revents & EV_READ) && s->wr_wants_rd))
-        dir_flush(c, out);
-    if ((revents & EV_READ) || ((revents & EV_WRITE) && s->rd_wants_wr))
-        dir_pump(c, in);
+    for (int i = 0; i < 2; i++) {
+        struct side *s = peers[i]->io;
+        const struct dir *in = dir_of(r, s);
+        const struct dir *out = dir_to(r, s);
+        int rd = (dir_room(in) && !s->eof) || s->wr_wants_rd;
+        int wr = (relay_dir_pending(out) && s->wblocked) || s->rd_wants_wr;
+        side_watch(s, rd, wr);
+    }
+}
+
+void
+relay_release(struct relay *r)
+{
+    if (r->up.b != NULL)
+        bufpool_put(r->bufs, r->up.b);
+    if (r->down.b != NULL)
+        bufpool_put(r->bufs, r->down.b);
+    r->up.b = r->down.b = NULL;
 }

@@ -21,4 +21,11 @@ int units_bool(const char *s, bool *out);
 /* Plain non-negative decimal integer (no suffix). */
 int units_uint(const char *s, uint64_t *out);
 
+/* A configured duration (milliseconds) in seconds, the event loop's unit. */
+static inline double
+units_seconds(uint64_t ms)
+{
+    return (double)ms / 1000.0;
+}
+
 #endif

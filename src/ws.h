@@ -42,6 +42,7 @@ enum ws_close_code {
     WS_CLOSE_GOING_AWAY = 1001,
     WS_CLOSE_PROTOCOL = 1002,
     WS_CLOSE_NO_STATUS = 1005,      /* never sent on the wire */
+    WS_CLOSE_ABNORMAL = 1006,       /* never sent: the peer just left */
     WS_CLOSE_INVALID_DATA = 1007,
     WS_CLOSE_POLICY = 1008,
     WS_CLOSE_TOO_BIG = 1009,

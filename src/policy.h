@@ -1,0 +1,119 @@
+/*
+ * policy.h - the upgrade checks, as a sequence of steps that can suspend.
+ *
+ * Every check runs on the complete request head, before any backend is
+ * contacted, in this order (cheap ones first, so a flood from one address
+ * never costs a signature verification):
+ *
+ *   RFC 6455 request (400/405/426) -> path normalised (400) -> route
+ *   (404) -> capacity (503) -> per-IP limit (429) -> Origin (403) ->
+ *   token (401)
+ *
+ * checks_run() runs the steps from where it stopped. A step either
+ * passes, refuses (the kind and reason are left in the struct), or waits
+ * for an asynchronous answer (CHECK_WAIT: the caller parks the connection
+ * with its timer still running, and calls checks_run() again once the
+ * answer is in). No step waits yet; the shared per-IP count of cluster
+ * mode will (a Redis round trip).
+ *
+ * Pure apart from the per-IP table (runtime_iplimit) and the connection
+ * count it reads: no sockets, no event loop.
+ */
+#ifndef WSGUARD_POLICY_H
+#define WSGUARD_POLICY_H
+
+#include <arpa/inet.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http.h"
+#include "jwt.h"
+#include "netaddr.h"
+#include "refuse.h"
+#include "runtime.h"
+#include "upgrade.h"
+
+#define MAX_HEADERS 64
+
+/* Who the client is, and its slot in the per-IP table. */
+struct client {
+    char ip[INET6_ADDRSTRLEN];  /* the client (behind trusted proxies:
+                                   the one they name) */
+    char peer[INET6_ADDRSTRLEN];        /* the address wsguard talks to */
+    struct ip_key key;          /* what the per-IP limit counts */
+    unsigned counted : 1;       /* holds a slot in runtime_iplimit */
+    unsigned over : 1;          /* the slot was refused: 429 */
+    unsigned trusted : 1;       /* peer in [server] trusted_proxies */
+    unsigned final : 1;         /* address known (PROXY header) */
+};
+
+/* Count the client for its address (once), under the global limit. Done
+ * at accept for a direct client; for a trusted proxy's connection once
+ * the PROXY header or X-Forwarded-For has named the client. */
+void client_count(struct client *cl, const struct runtime *rt);
+
+/* Give the slot back (at the connection's end). */
+void client_release(struct client *cl);
+
+enum check_step {
+    STEP_REQUEST = 0,
+    STEP_PATH,
+    STEP_ROUTE,
+    STEP_CAPACITY,
+    STEP_IP,
+    STEP_ORIGIN,
+    STEP_TOKEN,
+    STEP_DONE
+};
+
+enum check_result {
+    CHECK_PASS = 0,             /* every step passed: contact the backend */
+    CHECK_REFUSE,               /* ref, reason say why */
+    CHECK_WAIT                  /* a step waits for an answer */
+};
+
+/*
+ * The request being checked and everything the checks produce. The
+ * caller parses the head into req/hdrs (pointing into its buffer) and
+ * sets rt, cl and draining; checks_free() releases what is owned here.
+ */
+struct checks {
+    /* in */
+    const struct runtime *rt;
+    struct client *cl;
+    int draining;
+    struct http_request req;    /* req.target is the normalised target
+                                   once STEP_PATH has passed */
+    struct http_header hdrs[MAX_HEADERS];
+
+    enum check_step step;       /* the next step to run */
+
+    /* out */
+    struct upgrade_req ureq;
+    struct route_match route;
+    enum refusal ref;           /* on CHECK_REFUSE */
+    const char *reason;         /* static text, for the log */
+    char *ntarget;              /* normalised path '?' raw query */
+    struct jwt_token tok;       /* points into ntarget or the head */
+    char *target;               /* target for the backend with the token
+                                   cut; NULL: req.target */
+    size_t target_len;
+    char *extra;                /* header lines added for the backend */
+    size_t extra_len;
+    struct upgrade_edit edit[MAX_HEADERS];  /* per client header */
+    char *edit_value;           /* the one replaced value (token cut) */
+    char *sub;                  /* the token's sub, owned */
+    int64_t tok_exp;            /* the token's exp, 0 = none */
+    int64_t tok_leeway;
+    char *log_path;             /* the path for the access log (token
+                                   parameters left out), owned */
+    char *origin;               /* the Origin header for the log, owned */
+};
+
+/* Run the steps from k->step at now (seconds since the epoch). */
+enum check_result checks_run(struct checks *k, double now);
+
+/* Free what k owns (after taking what the caller keeps: set it NULL). */
+void checks_free(struct checks *k);
+
+#endif

@@ -1,0 +1,264 @@
+/*
+ * side.c - the transport: a socket with optional TLS (see side.h).
+ *
+ * OpenSSL keeps a per-thread error queue that SSL_get_error() consults, so
+ * it must be empty before each SSL call and left empty after a failure:
+ * a stale entry would make the next connection's result on this thread
+ * read as an error.
+ */
+#include "side.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tls.h"
+
+/* ERR_clear_error() walks all 16 slots (about 190 instructions, per
+ * record on the hot path); peeking first costs a quarter of that when,
+ * as almost always, the queue is empty. */
+static void
+ssl_clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+static int
+clamp(size_t n)
+{
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+int
+side_open(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls)
+{
+    s->fd = fd;
+    s->ssl = NULL;
+    s->loop = loop;
+    ev_io_set(&s->rd, fd, EV_READ);
+    ev_io_set(&s->wr, fd, EV_WRITE);
+    if (tls == NULL)
+        return 0;
+    s->ssl = SSL_new(tls);
+    if (s->ssl == NULL || SSL_set_fd(s->ssl, fd) != 1) {
+        ERR_clear_error();
+        return -1;
+    }
+    SSL_set_accept_state(s->ssl);
+    return 0;
+}
+
+enum io_result
+side_read(struct side *s, void *p, size_t cap, size_t *n)
+{
+    *n = 0;
+    if (s->ssl == NULL) {
+        for (;;) {
+            ssize_t r = read(s->fd, p, cap);
+            if (r > 0) {
+                *n = (size_t)r;
+                return IO_OK;
+            }
+            if (r == 0) {
+                s->eof = 1;
+                return IO_EOF;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return IO_AGAIN;
+            s->eof = 1;
+            return IO_ERR;
+        }
+    }
+    s->rd_wants_wr = 0;
+    ssl_clear_errors();
+    int r = SSL_read(s->ssl, p, clamp(cap));
+    if (r > 0) {
+        *n = (size_t)r;
+        return IO_OK;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        /* SSL_MODE_RELEASE_BUFFERS frees the read buffer only after a
+         * record was consumed; a read that found nothing keeps its 16 KiB
+         * allocated. An idle session must hold no such buffer. */
+        if (!SSL_has_pending(s->ssl))
+            SSL_free_buffers(s->ssl);
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        s->rd_wants_wr = 1;
+        return IO_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        s->eof = 1;
+        return IO_EOF;
+    default:
+        ERR_clear_error();
+        s->eof = 1;
+        return IO_ERR;
+    }
+}
+
+enum io_result
+side_write(struct side *s, const void *p, size_t len, size_t *n)
+{
+    *n = 0;
+    if (s->ssl == NULL) {
+        for (;;) {
+            ssize_t r = write(s->fd, p, len);
+            if (r >= 0) {
+                *n = (size_t)r;
+                s->wblocked = (size_t)r < len;
+                return r > 0 || len == 0 ? IO_OK : IO_AGAIN;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                s->wblocked = 1;
+                return IO_AGAIN;
+            }
+            s->eof = 1;
+            return IO_ERR;
+        }
+    }
+    s->wr_wants_rd = 0;
+    ssl_clear_errors();
+    int r = SSL_write(s->ssl, p, clamp(len));
+    if (r > 0) {
+        *n = (size_t)r;
+        s->wblocked = (size_t)r < len;
+        return IO_OK;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        s->wblocked = 1;
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_READ:
+        s->wblocked = 1;
+        s->wr_wants_rd = 1;
+        return IO_AGAIN;
+    default:
+        ERR_clear_error();
+        s->eof = 1;
+        return IO_ERR;
+    }
+}
+
+enum io_result
+side_handshake(struct side *s, char *why, size_t cap)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        s->hs_wants_wr = 0;
+        return IO_OK;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        s->hs_wants_wr = 0;
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        s->hs_wants_wr = 1;
+        return IO_AGAIN;
+    default: {
+        unsigned long e = ERR_peek_error();
+        if (cap > 0) {
+            if (e != 0)
+                ERR_error_string_n(e, why, cap);
+            else
+                snprintf(why, cap, "connection closed");
+        }
+        ERR_clear_error();
+        s->eof = 1;
+        return IO_ERR;
+    }
+    }
+}
+
+int
+side_pending(const struct side *s)
+{
+    return s->ssl != NULL && SSL_has_pending(s->ssl);
+}
+
+void
+side_refeed(struct side *s)
+{
+    if (s->fd != -1 && side_pending(s))
+        ev_feed_event(s->loop, &s->rd, EV_READ);
+}
+
+static void
+io_set(struct ev_loop *loop, ev_io *io, int on)
+{
+    if (on && !ev_is_active(io))
+        ev_io_start(loop, io);
+    else if (!on && ev_is_active(io))
+        ev_io_stop(loop, io);
+}
+
+void
+side_watch(struct side *s, int rd, int wr)
+{
+    if (s->fd == -1)
+        return;
+    int was_rd = ev_is_active(&s->rd);
+    io_set(s->loop, &s->rd, rd);
+    io_set(s->loop, &s->wr, wr);
+    /* OpenSSL may hold bytes (decrypted, or records read ahead) that
+     * the socket will never announce again: once reading is possible
+     * again after a stop (watcher off, or a full buffer), look. */
+    if (rd && (!was_rd || s->full_stop) && side_pending(s))
+        ev_feed_event(s->loop, &s->rd, EV_READ);
+    if (rd)
+        s->full_stop = 0;
+}
+
+/* The one place a TLS close_notify is sent: only on an established
+ * session, once, and never to a peer that is gone. */
+static void
+tls_notify(struct side *s)
+{
+    if (s->ssl == NULL || s->eof || s->shut || !SSL_is_init_finished(s->ssl))
+        return;
+    ssl_clear_errors();
+    SSL_shutdown(s->ssl);
+    ERR_clear_error();
+}
+
+void
+side_shutdown(struct side *s)
+{
+    if (s->fd == -1 || s->shut)
+        return;
+    tls_notify(s);
+    s->shut = 1;
+    shutdown(s->fd, SHUT_WR);
+    io_set(s->loop, &s->wr, 0);
+}
+
+void
+side_close(struct side *s)
+{
+    if (s->fd == -1)
+        return;
+    io_set(s->loop, &s->rd, 0);
+    io_set(s->loop, &s->wr, 0);
+    tls_notify(s);
+    close(s->fd);
+    s->fd = -1;
+    if (s->ssl != NULL) {
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+    }
+}
+
+const char *
+side_tls_version(const struct side *s)
+{
+    return s->ssl != NULL ? tls_version_name(s->ssl) : NULL;
+}

@@ -1,0 +1,80 @@
+/*
+ * stats.h - the counters of one worker, with a name for every counter and
+ * every kind, so that a reporter (the metrics endpoint) exports them by
+ * iterating over the tables, never by listing them by hand.
+ *
+ * Each worker owns one struct stats and is its only writer; a reporter on
+ * another thread reads them (relaxed atomic loads) and sums over workers.
+ * A writer therefore needs no atomic read-modify-write: stats_add() is a
+ * relaxed load and store on a line no other thread writes, so nothing
+ * bounces between cores and nothing is locked.
+ */
+#ifndef WSGUARD_STATS_H
+#define WSGUARD_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "refuse.h"
+
+/* Sessions ended by an enforcement, by kind (counted once per session). */
+enum enforce {
+    ENF_PROTOCOL = 0,           /* RFC 6455 violation: 1002/1007 */
+    ENF_PAYLOAD,                /* max_payload: 1009 */
+    ENF_RATE,                   /* messages/bytes per second: 1008 */
+    ENF_CONTROL,                /* control frame flood: 1008 */
+    ENF_PONG,                   /* no pong within pong_timeout */
+    ENF_IDLE,                   /* idle_timeout: 1001 */
+    ENF_LIFETIME,               /* max_lifetime: 1001 */
+    ENF_WRITE_STALL,            /* write_timeout */
+    ENF_EXPIRY,                 /* token expired: 1008 */
+    ENF_COUNT
+};
+
+/* The metric label of each enforcement kind ([a-z_]+). */
+extern const char *const enforce_label[ENF_COUNT];
+
+/* Relayed data, by direction. */
+enum direction {
+    DIR_IN = 0,                 /* client -> backend */
+    DIR_OUT,                    /* backend -> client */
+    DIR_COUNT
+};
+
+extern const char *const direction_label[DIR_COUNT];
+
+typedef atomic_uint_fast64_t stat_t;
+
+struct stats {
+    stat_t accepted;            /* connections accepted */
+    stat_t active;              /* connections open now (may go down) */
+    stat_t sessions;            /* reached the relay */
+    stat_t rejected[REF_COUNT]; /* ended before the relay, by kind */
+    stat_t enforced[ENF_COUNT];
+    stat_t bytes[DIR_COUNT];    /* relayed, as read from the source */
+    stat_t messages[DIR_COUNT]; /* complete data messages relayed */
+};
+
+/* The owner's increment: no atomic read-modify-write (see above). */
+static inline void
+stats_add(stat_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed)
+                          + n, memory_order_relaxed);
+}
+
+static inline void
+stats_sub(stat_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed)
+                          - n, memory_order_relaxed);
+}
+
+/* A reporter's read (any thread). */
+static inline uint64_t
+stats_get(const stat_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+#endif
