@@ -177,4 +177,15 @@ container-test:
 deploy-test: all
 	$(PYTHON) -m pytest -q tests/integration/test_deploy.py
 
+# The soak (tests/soak/README.md): SOAK_TIME seconds (default 600) of
+# 2,200 sessions, abusive clients and faults through $(BUILD)/wsguard;
+# `make test` runs a 60-second version. SOAK_ARGS: more run.py options
+# (e.g. SOAK_ARGS="--out DIR --png FILE" keeps everything).
+SOAK_TIME ?= 600
+.PHONY: soak
+soak: deps all
+	@$(MAKE) --no-print-directory -C bench build/wsecho build/wssoak
+	@$(PYTHON) tests/soak/run.py --duration $(SOAK_TIME) \
+	    --wsguard $(BUILD)/wsguard $(SOAK_ARGS)
+
 -include $(OBJ:.o=.d) $(UNIT_BIN:=.d) $(REGR_BIN:=.d) $(FUZZ_BIN:=.d)

@@ -5,6 +5,7 @@
 #   2. the fuzz replay programs BUILD/regress/fuzz_X over the checked-in
 #      corpus tests/fuzz/corpus/fuzz_X and saved crashes tests/fuzz/regress/fuzz_X
 #   3. the integration tests (pytest, tests/integration) against BUILD/wsguard
+#   4. the 60-second soak (tests/soak/run.py) against BUILD/wsguard
 # Prints a summary per part and, as its very last line, "N passed, N failed";
 # exits non-zero if anything failed.
 set -uo pipefail
@@ -83,8 +84,30 @@ fi
 [ "$rc" -eq 5 ] && echo "== integration: no tests collected"
 summary+=("integration tests: $i_pass passed, $i_fail failed")
 
-total_pass=$((u_pass + r_pass + i_pass))
-total_fail=$((u_fail + r_fail + i_fail))
+# --- 4. soak (tests/soak/run.py, 60 s; SOAK_TIME=N to change, 0 to skip) -----
+# 2,000 sessions with faults through BUILD/wsguard; counted as one test.
+s_pass=0 s_fail=0
+SOAK_TIME=${SOAK_TIME:-60}
+if [ "$SOAK_TIME" != 0 ]; then
+    echo "== soak: tests/soak/run.py --duration $SOAK_TIME (wsguard $BUILD_ABS/wsguard)"
+    if ! make --no-print-directory -C bench build/wsecho build/wssoak \
+            >"$out/soak-build.log" 2>&1; then
+        cat "$out/soak-build.log"
+        echo "== soak: building bench/build/wssoak failed"
+        s_fail=1
+    elif "$PYTHON" tests/soak/run.py --duration "$SOAK_TIME" \
+            --wsguard "$BUILD_ABS/wsguard"; then
+        s_pass=1
+    else
+        s_fail=1
+    fi
+    summary+=("soak (${SOAK_TIME} s): $s_pass passed, $s_fail failed")
+else
+    summary+=("soak: skipped (SOAK_TIME=0)")
+fi
+
+total_pass=$((u_pass + r_pass + i_pass + s_pass))
+total_fail=$((u_fail + r_fail + i_fail + s_fail))
 
 echo
 echo "== summary"
