@@ -21,6 +21,7 @@
 #include "config.h"
 #include "config_table.h"
 #include "path.h"
+#include "stats.h"
 #include "units.h"
 
 #include <arpa/inet.h>
@@ -1028,6 +1029,15 @@ route_header(struct loader *l, const char *p)
             return;
         }
         free(norm);
+    }
+    if (strlen(p) >= sizeof ((struct route_stat *)0)->name) {
+        file_error(l, l->lineno, "route prefix longer than %zu bytes",
+                   sizeof ((struct route_stat *)0)->name - 1);
+        return;
+    }
+    if (l->nroutes >= STATS_ROUTES - 1) {
+        file_error(l, l->lineno, "more than %d routes", STATS_ROUTES - 1);
+        return;
     }
     if ((r = find_route(l, p)) != NULL) {
         file_error(l, l->lineno, "duplicate [route %s] (first at line %d)",

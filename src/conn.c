@@ -76,6 +76,7 @@ struct hs {
     size_t bhead_len;
     unsigned be_tries;
     const struct backend_addr *be_addr;
+    double be_started;          /* this connect attempt began */
 };
 
 struct conn {
@@ -96,6 +97,7 @@ struct conn {
     struct hs *hs;              /* handshake state; NULL once relaying */
     struct relay r;             /* the relay, from CLI_101 on */
     struct await_ref wait;      /* while parked */
+    struct route_stat *rstat;   /* its route's counters, while relaying */
 
     /* For the access log. */
     enum refusal ref;           /* why it ended before the relay */
@@ -246,6 +248,13 @@ conn_log(struct conn *c)
     rec.duration_ms = (uint64_t)((now_of(c) - c->started) * 1000);
     rec.tls_version = c->tls_version;
     log_access(&rec);
+    if (c->relayed && c->r.closed_by != NULL) {
+        int by = strcmp(c->r.closed_by, "client") == 0    ? BY_CLIENT
+                 : strcmp(c->r.closed_by, "backend") == 0 ? BY_BACKEND
+                                                          : BY_WSGUARD;
+        stats_add(&c->w->st.closes[stats_close_index(c->r.close_code)][by],
+                  1);
+    }
 }
 
 /* The log fields the checks produced outlive the handshake state. */
@@ -285,6 +294,8 @@ conn_free(struct conn *c)
     if (c->parked)
         await_cancel(&w->waits, c->wait);
     relay_release(&c->r);
+    if (c->rstat != NULL)
+        stats_sub(&c->rstat->active, 1);
     hs_free(c->hs);
     c->hs = NULL;
     free(c->path);
@@ -645,17 +656,24 @@ be_pick(struct conn *c)
     return &p->backends[(c->w->be_next + c->hs->be_tries) % p->nbackends];
 }
 
+/* This attempt failed (err: the errno, or 0): say which backend and why,
+ * then try the next one of the pool, or refuse with 502. */
 static void
-be_failed(struct conn *c, const char *why)
+be_failed(struct conn *c, const char *why, int err)
 {
+    const char *url = c->hs->be_addr != NULL ? c->hs->be_addr->url : "?";
+
     side_close(&c->be);
     c->be.eof = 0;
     c->hs->be_tries++;
     if (c->hs->be_tries < c->pol->nbackends) {
-        log_warn("backend connect failed (%s), trying the next one", why);
+        log_warn("backend %s: %s%s%s; trying the next one", url, why,
+                 err ? ": " : "", err ? strerror(err) : "");
         be_connect(c);
         return;
     }
+    log_warn("backend %s: %s%s%s", url, why, err ? ": " : "",
+             err ? strerror(err) : "");
     conn_refuse(c, REF_BACKEND, why);
 }
 
@@ -680,11 +698,12 @@ be_connect(struct conn *c)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     side_open(&c->be, c->w->loop, fd, NULL);
+    c->hs->be_started = now_of(c);
     if (c->state != CS_BE_CONNECT)
         conn_set_state(c, CS_BE_CONNECT);
     if (connect(fd, (struct sockaddr *)&ss, sl) == -1 &&
         errno != EINPROGRESS) {
-        be_failed(c, "backend unreachable");
+        be_failed(c, "backend unreachable", errno);
         return;
     }
     /* Completion is reported by writability (be_connected). */
@@ -701,9 +720,10 @@ be_connected(struct conn *c)
     if (getsockopt(c->be.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
         err = errno;
     if (err != 0) {
-        be_failed(c, "backend unreachable");
+        be_failed(c, "backend unreachable", err);
         return;
     }
+    stats_observe(&c->w->st.be_connect, now_of(c) - h->be_started);
     const struct backend_addr *be = h->be_addr;
     struct upgrade_fwd f = {0};
     upgrade_new_key(h->be_key);
@@ -739,7 +759,7 @@ be_connected(struct conn *c)
     conn_set_state(c, CS_BE_SEND);
     int r = out_flush(c, &c->be);
     if (r < 0)
-        be_failed(c, "backend write failed");
+        be_failed(c, "backend write failed", 0);
     else if (r == 1)
         conn_set_state(c, CS_BE_READ);
 }
@@ -771,6 +791,11 @@ relay_begin(struct conn *c)
     relay_init(&c->r, &s);
     c->relayed = 1;
     stats_add(&c->w->st.sessions, 1);
+    stats_observe(&c->w->st.handshake, now_of(c) - c->started);
+    if ((c->rstat = stats_route(&c->w->st, c->route)) != NULL) {
+        stats_add(&c->rstat->active, 1);
+        stats_add(&c->rstat->sessions, 1);
+    }
     conn_keep_log_fields(c);
     conn_set_state(c, CS_RELAY);
     ev = 0;
@@ -1002,7 +1027,7 @@ conn_io(struct conn *c, struct side *s, int revents)
     case CS_BE_SEND: {
         int r = out_flush(c, &c->be);
         if (r < 0)
-            be_failed(c, "backend write failed");
+            be_failed(c, "backend write failed", 0);
         else if (r == 1)
             conn_set_state(c, CS_BE_READ);
         break;
@@ -1145,6 +1170,23 @@ conn_drain_all(struct worker *w)
                                             "wsguard", now_of(c)));
             conn_settle(c);
         }
+        c = next;
+    }
+}
+
+void
+conn_kill_all(struct worker *w)
+{
+    struct conn *c = w->conns;
+
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (c->relayed && c->r.reason == NULL)
+            c->r.reason = "drain grace expired";
+        else if (!c->relayed && c->reason == NULL)
+            conn_drop(c, REF_DRAINING, "drain grace expired");
+        c->dead = 1;
+        conn_settle(c);
         c = next;
     }
 }

@@ -24,6 +24,11 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
  * capacity check, which reads w->draining). */
 void conn_drain_all(struct worker *w);
 
+/* The drain's grace after drain_timeout ran out: close every connection
+ * of w now, whatever its peers do, so the process exits in a bounded
+ * time. */
+void conn_kill_all(struct worker *w);
+
 /* The answer a parked connection waited for has come (ref: the packed
  * await reference it was parked under, in w->waits). A connection that
  * is gone meanwhile is not touched: the answer is ignored. */

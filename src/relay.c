@@ -600,6 +600,7 @@ dir_process(struct relay *r, struct dir *d)
      * a frame it will never finish, or its broken frame was its close.
      * Once our close frame is written, its connection is shut. */
     d->src->got_close = 1;
+    d->src->broke = 1;
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
@@ -991,10 +992,20 @@ relay_settle(struct relay *r, double now)
             continue;
         if (p->sent_close && p->got_close && !s->shut && !s->eof &&
             !p->kill) {
-            /* The close handshake with it is complete: send our end of
-             * the stream and read until it closes too, bounded by
-             * close_timeout. Closing at once with unread input would make
-             * the kernel answer its late frames with a reset. */
+            /* The close handshake with it is complete. RFC 6455 §7.1.1:
+             * the server closes the TCP connection first, so the client
+             * leg is closed at once (browsers wait for it). A client that
+             * broke the protocol may still be sending: closing with unread
+             * input would reset the connection and could destroy the
+             * close frame before it reads it, so it lingers like the
+             * backend leg, toward which wsguard is the client: send our
+             * end of the stream and read until the peer closes, bounded
+             * by close_timeout. */
+            if (p == &r->cli && !p->broke) {
+                side_close(s);
+                dir_flush(r, out);
+                continue;
+            }
             side_shutdown(s);
             continue;
         }

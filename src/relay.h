@@ -49,6 +49,8 @@ struct peer {
     uint8_t sent_close;         /* a close frame was fully written to it */
     uint8_t got_close;          /* it sent a close frame (or broke the
                                    protocol: nothing more is expected) */
+    uint8_t broke;              /* it broke the protocol: it may still be
+                                   sending, so its connection lingers */
     uint8_t kill;               /* close it once its output is flushed */
 };
 

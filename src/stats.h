@@ -43,7 +43,45 @@ enum direction {
 
 extern const char *const direction_label[DIR_COUNT];
 
+/* How a session ended: close codes counted one by one, and who closed. */
+#define CLOSE_CODE_COUNT 13     /* the codes of close_codes[], then
+                                   "other" */
+extern const int close_codes[CLOSE_CODE_COUNT - 1];
+
+enum closed_by {
+    BY_CLIENT = 0,
+    BY_BACKEND,
+    BY_WSGUARD,
+    BY_COUNT
+};
+
+extern const char *const closed_by_label[BY_COUNT];
+
+/* The index of code in the closes table (the last one for any other). */
+int stats_close_index(int code);
+
+/* Latency histograms: fixed bucket bounds (seconds, Prometheus "le"),
+ * counts per bucket (not cumulative; the exposition adds them up). */
+#define HISTO_BUCKETS 14        /* 13 bounds, then +Inf */
+extern const double histo_bounds[HISTO_BUCKETS - 1];
+
 typedef atomic_uint_fast64_t stat_t;
+
+struct histo {
+    stat_t bucket[HISTO_BUCKETS];
+    stat_t sum_us;              /* sum of the observations, microseconds */
+};
+
+/* Per route (by name), sessions open now and relayed in all; the table
+ * is append-only (a reporter reads names up to n), one entry per route
+ * name ever seen by this worker. A configuration with more routes than
+ * STATS_ROUTES is refused at load time, so no route goes uncounted. */
+#define STATS_ROUTES 256
+struct route_stat {
+    char name[128];             /* "" for the global policy */
+    stat_t active;
+    stat_t sessions;
+};
 
 struct stats {
     stat_t accepted;            /* connections accepted */
@@ -53,7 +91,16 @@ struct stats {
     stat_t enforced[ENF_COUNT];
     stat_t bytes[DIR_COUNT];    /* relayed, as read from the source */
     stat_t messages[DIR_COUNT]; /* complete data messages relayed */
+    stat_t closes[CLOSE_CODE_COUNT][BY_COUNT];
+    stat_t log_dropped;         /* access-log lines dropped (full) */
+    struct histo handshake;     /* accept to the client's 101 */
+    struct histo be_connect;    /* backend connect started to connected */
+    atomic_uint routes_n;
+    struct route_stat routes[STATS_ROUTES];
 };
+
+/* Process-wide, main thread only: configuration reloads by result. */
+extern stat_t stats_reloads[2];         /* [0] failed, [1] succeeded */
 
 /* The owner's increment: no atomic read-modify-write (see above). */
 static inline void
@@ -76,5 +123,12 @@ stats_get(const stat_t *c)
 {
     return atomic_load_explicit(c, memory_order_relaxed);
 }
+
+/* Record one observation of seconds in h (owner only). */
+void stats_observe(struct histo *h, double seconds);
+
+/* The entry of route name in st, made on first use (owner only); NULL
+ * only if the table is full, which configuration validation rules out. */
+struct route_stat *stats_route(struct stats *st, const char *name);
 
 #endif

@@ -20,6 +20,8 @@
 #define ACCEPTS_PER_EVENT 64
 #define FREE_BUFS_MAX 64        /* per worker: 1 MiB of idle buffers */
 #define ACCEPT_PAUSE 0.1        /* s, after EMFILE/ENFILE */
+#define DRAIN_GRACE 2.0         /* s after drain_timeout: peers may answer
+                                   wsguard's close frames, no longer */
 
 void (*worker_exit_hook)(void);
 
@@ -160,14 +162,35 @@ accept_pause_cb(struct ev_loop *loop, ev_timer *t, int revents)
         accept_set(w, 1);
 }
 
+/* drain_timeout passed: every session is closed with 1001; peers then
+ * have DRAIN_GRACE to answer, after which nothing is waited for. */
+static void
+drain_expire(struct worker *w)
+{
+    if (w->drain_expired)
+        return;
+    w->drain_expired = 1;
+    if (w->nconns > 0)
+        log_info("worker %u: drain timeout, closing %llu sessions", w->id,
+                 (unsigned long long)w->nconns);
+    conn_drain_all(w);
+    ev_timer_set(&w->drain_timer, DRAIN_GRACE, 0);
+    ev_timer_start(w->loop, &w->drain_timer);
+}
+
 static void
 drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct worker *w = ev_userdata(loop);
-    log_info("worker %u: drain timeout, closing %llu sessions", w->id,
-             (unsigned long long)w->nconns);
-    w->drain_expired = 1;
-    conn_drain_all(w);
+
+    if (!w->drain_expired) {
+        drain_expire(w);
+        return;
+    }
+    if (w->nconns > 0)
+        log_warn("worker %u: drain grace over, dropping %llu connections",
+                 w->id, (unsigned long long)w->nconns);
+    conn_kill_all(w);
 }
 
 static void
@@ -196,8 +219,7 @@ wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         }
         uint64_t dt = w->rt->cfg->drain_timeout_ms;
         if (dt == 0) {
-            w->drain_expired = 1;
-            conn_drain_all(w);
+            drain_expire(w);
         } else {
             ev_timer_set(&w->drain_timer, (ev_tstamp)dt / 1000.0, 0);
             ev_timer_start(loop, &w->drain_timer);
