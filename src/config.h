@@ -114,6 +114,7 @@ struct config {
     uint64_t drain_timeout_ms;
     uint64_t write_timeout_ms;  /* output to a side blocked this long: cut */
     char *user;                 /* NULL or "" = keep */
+    char *group;                /* NULL or "": the user's own group */
     bool proxy_protocol;
     struct strlist trusted_proxies;
     bool allow_underscore_headers;  /* forward client headers with '_' */
@@ -136,6 +137,7 @@ struct config {
 
     /* [admin] */
     char *admin_listen;         /* NULL or "" = off */
+    struct strlist admin_allow; /* peers allowed on it (CIDRs) */
 
     /* [cluster] */
     char *cluster_redis;

@@ -165,7 +165,9 @@ static const struct config_option config_options[] = {
     { "server", "write_timeout", OPT_DURATION, C(write_timeout_ms),
       0, MS_HOUR, "30s", 0, NULL, NULL, NULL },
     { "server", "user", OPT_STRING, C(user), 0, 0, NULL,
-      UN, NULL, NULL, NULL },
+      0, NULL, NULL, NULL },
+    { "server", "group", OPT_STRING, C(group), 0, 0, NULL,
+      0, NULL, NULL, NULL },
     { "server", "proxy_protocol", OPT_BOOL, C(proxy_protocol), 0, 0, "off",
       0, NULL, NULL, NULL },
     { "server", "trusted_proxies", OPT_LIST, C(trusted_proxies), 0, 0, NULL,
@@ -265,6 +267,8 @@ static const struct config_option config_options[] = {
 
     { "admin", "listen", OPT_STRING, C(admin_listen), 0, 0,
       "127.0.0.1:9090", UN, NULL, config_check_listen, NULL },
+    { "admin", "allow", OPT_LIST, C(admin_allow), 0, 0,
+      "127.0.0.1/32 ::1/128", UN, NULL, cidr_check, NULL },
 
     { "cluster", "redis", OPT_STRING, C(cluster_redis), 0, 0, NULL,
       UN, NULL, config_check_redis, NULL },

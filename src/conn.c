@@ -663,6 +663,8 @@ be_failed(struct conn *c, const char *why, int err)
 {
     const char *url = c->hs->be_addr != NULL ? c->hs->be_addr->url : "?";
 
+    if (c->hs->be_addr != NULL)
+        runtime_backend_result(c->rt, c->hs->be_addr, err ? err : EIO);
     side_close(&c->be);
     c->be.eof = 0;
     c->hs->be_tries++;
@@ -724,6 +726,7 @@ be_connected(struct conn *c)
         return;
     }
     stats_observe(&c->w->st.be_connect, now_of(c) - h->be_started);
+    runtime_backend_result(c->rt, h->be_addr, 0);
     const struct backend_addr *be = h->be_addr;
     struct upgrade_fwd f = {0};
     upgrade_new_key(h->be_key);

@@ -1,15 +1,19 @@
 /*
  * main.c - command line, start-up order and signals.
  *
- * config -> log -> runtime (TLS context, backend addresses) -> listening
- * sockets -> workers -> the main thread waits for signals:
+ * config -> log -> runtime (TLS context, keys, backend addresses) ->
+ * listening sockets -> privileges dropped ([server] user) -> workers ->
+ * the main thread waits for signals:
  *   SIGTERM/SIGINT  drain (stop accepting, let sessions finish for
  *                   drain_timeout, close the rest with 1001) and exit 0;
  *   SIGHUP          reload: a new snapshot for new connections, live ones
  *                   keep theirs; a bad configuration is logged and the
  *                   old one stays.
  */
+#include <errno.h>
 #include <ev.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
+#include "stats.h"
 #include "runtime.h"
 #include "worker.h"
 
@@ -117,10 +122,100 @@ warn_unsafe(const struct config *cfg)
                  "closed");
 }
 
+/*
+ * [server] user (and group): bound and keys read as root, the process
+ * then runs as that user. setgroups/setgid/setuid before any worker
+ * thread starts; a drop that fails, or that could be undone, stops the
+ * start. Files that SIGHUP re-reads (certificates, keys, JWKS, the
+ * configuration itself) must be readable by that user.
+ */
+static int
+drop_privileges(const struct config *cfg)
+{
+    const char *user = cfg->user, *group = cfg->group;
+    struct passwd *pw;
+    gid_t gid;
+
+    if (user == NULL || user[0] == '\0')
+        return 0;
+    errno = 0;
+    if ((pw = getpwnam(user)) == NULL) {
+        log_error("[server] user: no user \"%s\"%s%s", user,
+                  errno ? ": " : "", errno ? strerror(errno) : "");
+        return -1;
+    }
+    gid = pw->pw_gid;
+    if (group != NULL && group[0] != '\0') {
+        struct group *gr;
+        errno = 0;
+        if ((gr = getgrnam(group)) == NULL) {
+            log_error("[server] group: no group \"%s\"%s%s", group,
+                      errno ? ": " : "", errno ? strerror(errno) : "");
+            return -1;
+        }
+        gid = gr->gr_gid;
+    }
+    if (getuid() == pw->pw_uid && geteuid() == pw->pw_uid &&
+        getgid() == gid)
+        return 0;               /* already that user */
+    if (setgroups(1, &gid) == -1 || setgid(gid) == -1 ||
+        setuid(pw->pw_uid) == -1) {
+        log_error("cannot switch to user %s (uid %u, gid %u): %s", user,
+                  (unsigned)pw->pw_uid, (unsigned)gid, strerror(errno));
+        return -1;
+    }
+    if (pw->pw_uid != 0 && (setuid(0) != -1 || seteuid(0) != -1)) {
+        log_error("privileges could be regained after switching to %s",
+                  user);
+        return -1;
+    }
+    log_info("running as user %s (uid %u, gid %u)", user,
+             (unsigned)pw->pw_uid, (unsigned)gid);
+    return 0;
+}
+
+/* What a reload cannot change on a running process: said out loud, with
+ * the old and new values, instead of being dropped silently. */
+static void
+warn_not_reloadable(const struct config *old, const struct config *cfg)
+{
+    int same = old->nlisten == cfg->nlisten;
+
+    for (size_t i = 0; same && i < cfg->nlisten; i++)
+        same = strcmp(old->listen[i].text, cfg->listen[i].text) == 0;
+    if (!same) {
+        char was[512] = "", now[512] = "";
+        for (size_t i = 0; i < old->nlisten; i++)
+            snprintf(was + strlen(was), sizeof was - strlen(was), "%s%s",
+                     i ? " " : "", old->listen[i].text);
+        for (size_t i = 0; i < cfg->nlisten; i++)
+            snprintf(now + strlen(now), sizeof now - strlen(now), "%s%s",
+                     i ? " " : "", cfg->listen[i].text);
+        log_warn("reload: [server] listen changed (%s -> %s) but the "
+                 "listening sockets are kept: restart wsguard to apply it",
+                 was, now);
+    }
+    if (old->workers != cfg->workers)
+        log_warn("reload: [server] workers changed (%u -> %u): restart "
+                 "wsguard to apply it", old->workers, cfg->workers);
+#define STR_CHANGED(a, b) (strcmp((a) ? (a) : "", (b) ? (b) : "") != 0)
+    if (STR_CHANGED(old->user, cfg->user) || STR_CHANGED(old->group,
+                                                        cfg->group))
+        log_warn("reload: [server] user/group changed: restart wsguard "
+                 "to apply it");
+    if (STR_CHANGED(old->admin_listen, cfg->admin_listen))
+        log_warn("reload: [admin] listen changed (%s -> %s): restart "
+                 "wsguard to apply it",
+                 old->admin_listen ? old->admin_listen : "off",
+                 cfg->admin_listen ? cfg->admin_listen : "off");
+#undef STR_CHANGED
+}
+
 static struct ev_loop *main_loop;
 static ev_async workers_done;
 static atomic_uint workers_left;
 static int draining;
+static struct config *running;  /* the configuration in force */
 
 /* A worker thread ends (after its drain): wake the main loop. */
 static void
@@ -147,6 +242,7 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         if (cfg == NULL) {
             log_error("reload failed (%d errors): keeping the running "
                       "configuration", errors);
+            stats_add(&stats_reloads[0], 1);
             return;
         }
         char err[512];
@@ -155,13 +251,11 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         if (rt == NULL) {
             log_error("reload failed: %s: keeping the running "
                       "configuration", err);
+            stats_add(&stats_reloads[0], 1);
             config_unref(keep);
             return;
         }
-        if (keep->nlisten != workers[0].nlfds ||
-            keep->workers != nworkers)
-            log_warn("reload: [server] listen and workers changes need a "
-                     "restart");
+        warn_not_reloadable(running, keep);
         if (log_setup(keep->log_level, keep->log_json, keep->access_log))
             log_error("reload: cannot open access log %s", keep->access_log);
         config_unsupported(keep, warn_cb, NULL);
@@ -169,7 +263,9 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         for (unsigned i = 0; i < nworkers; i++)
             worker_set_runtime(&workers[i], rt);
         runtime_unref(rt);
-        config_unref(keep);
+        config_unref(running);
+        running = keep;
+        stats_add(&stats_reloads[1], 1);
         log_info("configuration reloaded");
         return;
     }
@@ -240,7 +336,9 @@ main(int argc, char **argv)
         return 1;
     }
     if (check) {
+        /* The same warnings a real start prints. */
         int n = config_unsupported(keep, print_err, NULL);
+        warn_unsafe(keep);
         printf("%s: configuration OK%s\n", config_path,
                n ? " (with keys not supported yet, see above)" : "");
         runtime_unref(rt);
@@ -262,6 +360,11 @@ main(int argc, char **argv)
         log_error("%s", workers ? err : "out of memory");
         return 1;
     }
+    /* Every socket is bound and every key read: root is not needed any
+     * more (and no thread has started yet). */
+    if (drop_privileges(keep) != 0)
+        return 1;
+    running = config_ref(keep);
 
     main_loop = ev_default_loop(0);
     ev_async_init(&workers_done, on_workers_done);
@@ -302,6 +405,7 @@ main(int argc, char **argv)
         worker_join(&workers[i]);
     free(workers);
     iplimit_free(runtime_iplimit);
+    config_unref(running);
     config_unref(keep);
     log_info("stopped");
     return 0;

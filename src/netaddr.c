@@ -529,6 +529,43 @@ iplimit_entries(struct iplimit *t)
     return n;
 }
 
+size_t
+iplimit_top(struct iplimit *t, struct ip_count *out, size_t max)
+{
+    size_t n = 0;
+
+    if (max == 0)
+        return 0;
+    /* One shard locked at a time, each briefly: a reporter never holds a
+     * lock a worker waits on for longer than one shard's scan. */
+    for (int i = 0; i < IPLIMIT_SHARDS; i++) {
+        struct iplimit_shard *s = &t->shard[i];
+
+        pthread_mutex_lock(&s->lock);
+        for (uint32_t j = 0; s->slots != NULL && j < s->cap; j++) {
+            const struct ip_slot *e = &s->slots[j];
+            size_t k;
+
+            if (e->count == 0)
+                continue;
+            /* out[] is kept sorted, largest first; insertion, since max
+             * is small (a status page's list). */
+            if (n == max && out[n - 1].count >= e->count)
+                continue;
+            k = n < max ? n++ : max - 1;
+            while (k > 0 && out[k - 1].count < e->count) {
+                out[k] = out[k - 1];
+                k--;
+            }
+            out[k].count = e->count;
+            out[k].key.family = e->family;
+            memcpy(out[k].key.addr, e->addr, sizeof out[k].key.addr);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return n;
+}
+
 /* ---- CIDR sets -------------------------------------------------------- */
 
 struct cidr {

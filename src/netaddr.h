@@ -44,6 +44,14 @@ void iplimit_release(struct iplimit *t, const struct ip_key *k);
 uint64_t iplimit_count(struct iplimit *t, const struct ip_key *k);
 size_t iplimit_entries(struct iplimit *t);
 
+/* The max addresses with the most connections, largest first, into out;
+ * returns how many (a reporter's view; locks one shard at a time). */
+struct ip_count {
+    struct ip_key key;
+    uint64_t count;
+};
+size_t iplimit_top(struct iplimit *t, struct ip_count *out, size_t max);
+
 /* A set of CIDR ranges ("10.0.0.0/8", "2001:db8::/32", a bare address =
  * /32 or /128). */
 struct cidr_set;

@@ -17,7 +17,9 @@
 void
 client_count(struct client *cl, const struct runtime *rt)
 {
-    if (!rt->count_ips || cl->counted || cl->over)
+    /* Counted even without a limit: the status page lists the busiest
+     * addresses. */
+    if (cl->counted || cl->over)
         return;
     uint64_t lim = rt->cfg->global.max_connections_per_ip;
     int r = iplimit_acquire(runtime_iplimit, &cl->key,

@@ -47,7 +47,8 @@ struct client {
     unsigned final : 1;         /* address known (PROXY header) */
 };
 
-/* Count the client for its address (once), under the global limit. Done
+/* Count the client for its address (once), under the global limit (or
+ * none: the count also feeds the status page's busiest addresses). Done
  * at accept for a direct client; for a trusted proxy's connection once
  * the PROXY header or X-Forwarded-For has named the client. */
 void client_count(struct client *cl, const struct runtime *rt);

@@ -32,6 +32,10 @@ resolve_one(const struct backend_addr *be, struct resolved *r, char *err,
     }
     r->be = be;
     memcpy(&r->ss, res->ai_addr, res->ai_addrlen);
+    atomic_init(&r->ok, 0);
+    atomic_init(&r->failed, 0);
+    atomic_init(&r->last_errno, 0);
+    atomic_init(&r->up, -1);
     r->len = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
@@ -148,8 +152,6 @@ runtime_new(struct config *cfg, char *err, size_t cap)
         if (resolve_policy(rt, p, err, cap) != 0 ||
             policy_rt_init(&rt->prt[i], p, err, cap) != 0)
             goto fail;
-        if (p->max_connections_per_ip)
-            rt->count_ips = 1;
     }
     if (cfg->trusted_proxies.n &&
         (rt->trusted = cidr_set_new(&cfg->trusted_proxies, err, cap)) == NULL)
@@ -188,6 +190,22 @@ runtime_unref(struct runtime *rt)
     SSL_CTX_free(rt->tls);
     free(rt->addrs);
     free(rt);
+}
+
+void
+runtime_backend_result(struct runtime *rt, const struct backend_addr *be,
+                       int err)
+{
+    for (size_t i = 0; i < rt->naddrs; i++) {
+        struct resolved *r = &rt->addrs[i];
+        if (r->be != be)
+            continue;
+        atomic_fetch_add_explicit(err ? &r->failed : &r->ok, 1,
+                                  memory_order_relaxed);
+        atomic_store_explicit(&r->last_errno, err, memory_order_relaxed);
+        atomic_store_explicit(&r->up, err == 0, memory_order_relaxed);
+        return;
+    }
 }
 
 int

@@ -20,11 +20,17 @@
 
 #include "config.h"
 
-/* A backend address resolved when the snapshot was built. */
+/* A backend address resolved when the snapshot was built, and how
+ * connecting to it went (written by every worker: a connect is rare next
+ * to the data path, so these are plain atomics). */
 struct resolved {
     const struct backend_addr *be;
     struct sockaddr_storage ss;
     socklen_t len;
+    atomic_uint_fast64_t ok, failed;    /* connects */
+    atomic_int last_errno;      /* of the last failure, 0 = last one ok */
+    atomic_int up;              /* the last connect: 1 succeeded, 0
+                                   failed, -1 none yet */
 };
 
 /* What the checks of one policy (global or a route) need, built from it
@@ -42,7 +48,6 @@ struct runtime {
     size_t naddrs;
     struct policy_rt *prt;      /* [0] global, [1 + i] cfg->routes[i] */
     struct cidr_set *trusted;   /* [server] trusted_proxies, or NULL */
-    int count_ips;              /* some policy limits connections per IP */
     /* Header names wsguard sets from claims in any policy with [jwt] on:
      * client-sent copies are removed on every route. Point into cfg. */
     const char **identity;
@@ -76,6 +81,10 @@ struct runtime *runtime_ref(struct runtime *rt);
 void runtime_unref(struct runtime *rt);
 int runtime_resolve(const struct runtime *rt, const struct backend_addr *be,
                     struct sockaddr_storage *ss, socklen_t *len);
+
+/* Record how a connect to be went (err: 0 for success, else the errno). */
+void runtime_backend_result(struct runtime *rt, const struct backend_addr *be,
+                            int err);
 
 /* The per-IP connection table: one for the process, shared by all
  * workers and kept across reloads (counts outlive snapshots). */

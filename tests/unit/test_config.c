@@ -733,18 +733,16 @@ test_unsupported(void **state)
     assert_int_equal(c->global.max_connections_per_ip, 3);
     assert_int_equal(c->nroutes, 1);
     assert_int_equal(c->routes[0].p.bytes_per_second, 1024);
-    /* Still unsupported: [server] user (first line that set it),
-     * [cluster] lease, [admin] listen (from the environment, last). */
-    assert_int_equal(config_unsupported(c, collect, &m), 3);
-    assert_int_equal(m.n, 3);
-    assert_string_equal(m.v[0], "t.ini:2: [server] user: not supported "
+    /* Still unsupported: [cluster] lease, [admin] listen (from the
+     * environment, last). */
+    assert_int_equal(config_unsupported(c, collect, &m), 2);
+    assert_int_equal(m.n, 2);
+    assert_string_equal(m.v[0], "t.ini:19: [cluster] lease: not supported "
                         "yet");
-    assert_string_equal(m.v[1], "t.ini:19: [cluster] lease: not supported "
-                        "yet");
-    assert_string_equal(m.v[2], "env WSGUARD_ADMIN_LISTEN: [admin] "
+    assert_string_equal(m.v[1], "env WSGUARD_ADMIN_LISTEN: [admin] "
                         "listen: not supported yet");
     /* Without a callback it only counts. */
-    assert_int_equal(config_unsupported(c, NULL, NULL), 3);
+    assert_int_equal(config_unsupported(c, NULL, NULL), 2);
     config_unref(c);
 
     /* [tls] mTLS keys are still unsupported too. */
