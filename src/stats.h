@@ -92,12 +92,14 @@ struct stats {
     stat_t bytes[DIR_COUNT];    /* relayed, as read from the source */
     stat_t messages[DIR_COUNT]; /* complete data messages relayed */
     stat_t closes[CLOSE_CODE_COUNT][BY_COUNT];
-    stat_t log_dropped;         /* access-log lines dropped (full) */
     struct histo handshake;     /* accept to the client's 101 */
     struct histo be_connect;    /* backend connect started to connected */
     atomic_uint routes_n;
     struct route_stat routes[STATS_ROUTES];
 };
+
+/* Log lines dropped because the log could not keep up: log_dropped() in
+ * log.h (the log's buffers are per thread, not per worker). */
 
 /* Process-wide, main thread only: configuration reloads by result. */
 extern stat_t stats_reloads[2];         /* [0] failed, [1] succeeded */
