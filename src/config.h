@@ -118,6 +118,7 @@ struct config {
     bool proxy_protocol;
     struct strlist trusted_proxies;
     bool allow_underscore_headers;  /* forward client headers with '_' */
+    bool shared_listen;         /* another process may listen there too */
 
     /* [tls] */
     bool tls_enabled;

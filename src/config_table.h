@@ -172,6 +172,8 @@ static const struct config_option config_options[] = {
       0, NULL, NULL, NULL },
     { "server", "trusted_proxies", OPT_LIST, C(trusted_proxies), 0, 0, NULL,
       0, NULL, cidr_check, NULL },
+    { "server", "shared_listen", OPT_BOOL, C(shared_listen), 0, 0, "no",
+      0, NULL, NULL, NULL },
     { "server", "allow_underscore_headers", OPT_BOOL,
       C(allow_underscore_headers), 0, 0, "no", 0, NULL, NULL, NULL },
 

@@ -28,6 +28,40 @@ void (*worker_exit_hook)(void);
 /* ------------------------------------------------------------------ */
 /* Listening                                                           */
 
+/*
+ * SO_REUSEPORT lets every worker have its own listening socket on one
+ * address, but it also lets any other process of the same user bind the
+ * address silently, and the kernel then splits connections between the
+ * two (with different policies, half the clients meet the wrong one).
+ * So before the first bind a probe without SO_REUSEPORT must succeed:
+ * it fails while anything else listens there. [server] shared_listen =
+ * yes skips the probe (a hand-over between two wsguard processes).
+ */
+static int
+listen_probe(const struct listen_addr *a, char *err, size_t cap)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+    if (fd == -1) {
+        snprintf(err, cap, "listen %s: socket: %s", a->text, strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == -1) {
+        int e = errno;
+        close(fd);
+        if (e == EADDRINUSE)
+            snprintf(err, cap, "listen %s: the address is in use by another "
+                     "process (another wsguard? set [server] shared_listen = "
+                     "yes to share it on purpose)", a->text);
+        else
+            snprintf(err, cap, "listen %s: %s", a->text, strerror(e));
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 static int
 listen_one(struct listen_addr *a, int port, char *err, size_t cap)
 {
@@ -85,6 +119,8 @@ workers_listen(struct worker *ws, unsigned n, const struct config *cfg,
     }
     for (size_t a = 0; a < cfg->nlisten; a++) {
         int port = -1;
+        if (!cfg->shared_listen && listen_probe(&cfg->listen[a], err, cap))
+            return -1;
         for (unsigned i = 0; i < n; i++) {
             int fd = listen_one(&cfg->listen[a], port, err, cap);
             if (fd == -1)
