@@ -69,11 +69,24 @@ struct unsupported_msg {
     char *msg;
 };
 
+/* Where each route's own keys were set, kept for config_where(). */
+struct route_where {
+    char *prefix;
+    int line;
+    struct opt_where where[CONFIG_NOPTIONS];
+};
+
 /* The allocation behind every struct config: config_unref() frees it. */
 struct config_priv {
     struct config pub;          /* first, so the pointers convert */
     char **unsupported;         /* formatted "not supported yet" lines */
     size_t nunsupported;
+    /* For messages about values after loading (keys that do not load,
+     * a JWT verifier that cannot be built): where each came from. */
+    char *name;
+    struct opt_where where[CONFIG_NOPTIONS];
+    struct route_where *rw;
+    size_t nrw;
 };
 
 enum sec_state { SEC_NONE = 0, SEC_GLOBAL, SEC_ROUTE, SEC_SKIP };
@@ -917,6 +930,10 @@ config_free(struct config_priv *cp)
     for (size_t i = 0; i < cp->nunsupported; i++)
         free(cp->unsupported[i]);
     free(cp->unsupported);
+    for (size_t i = 0; i < cp->nrw; i++)
+        free(cp->rw[i].prefix);
+    free(cp->rw);
+    free(cp->name);
     free(cp);
 }
 
@@ -1538,6 +1555,32 @@ collect_unsupported(struct loader *l)
     l->unsup = NULL;
 }
 
+/* Copy where every value came from into the config, for config_where()
+ * once the loader is gone. */
+static void
+keep_where(struct loader *l)
+{
+    struct config_priv *cp = l->cp;
+
+    cp->name = strdup(l->name);
+    memcpy(cp->where, l->where, sizeof cp->where);
+    cp->rw = calloc(l->nroutes ? l->nroutes : 1, sizeof *cp->rw);
+    if (cp->name == NULL || cp->rw == NULL) {
+        report(l, l->name, "out of memory");
+        return;
+    }
+    for (size_t k = 0; k < l->nroutes; k++) {
+        struct route_where *rw = &cp->rw[cp->nrw];
+        if ((rw->prefix = strdup(l->routes[k]->prefix)) == NULL) {
+            report(l, l->name, "out of memory");
+            return;
+        }
+        rw->line = l->routes[k]->line;
+        memcpy(rw->where, l->routes[k]->where, sizeof rw->where);
+        cp->nrw++;
+    }
+}
+
 /* ---- loading ---- */
 
 static struct config *
@@ -1576,6 +1619,7 @@ load(const char *name, const char *path, FILE *f, int open_errno,
     build_routes(&l);
     validate(&l);
     collect_unsupported(&l);
+    keep_where(&l);
 
     for (size_t k = 0; k < l.nroutes; k++) {
         free(l.routes[k]->prefix);
@@ -1639,6 +1683,46 @@ config_unsupported(const struct config *cfg, config_err_fn warn, void *ctx)
             warn(cp->unsupported[i], ctx);
     }
     return (int)cp->nunsupported;
+}
+
+void
+config_where(const struct config *cfg, const struct policy *p,
+             const char *section, const char *key, char *buf, size_t len)
+{
+    const struct config_priv *cp = (const struct config_priv *)cfg;
+    const char *name = cp->name != NULL ? cp->name : "(config)";
+    size_t i = 0;
+    char var[128];
+
+    if (!find_option(section, key, &i)) {
+        snprintf(buf, len, "%s", name);
+        return;
+    }
+    /* A route's own key: its line in the file. */
+    for (size_t k = 0; p != &cfg->global && k < cfg->nroutes; k++) {
+        if (p != &cfg->routes[k].p)
+            continue;
+        for (size_t j = 0; j < cp->nrw; j++) {
+            const struct route_where *rw = &cp->rw[j];
+            if (strcmp(rw->prefix, cfg->routes[k].prefix) == 0
+                && rw->where[i].src == SRC_FILE) {
+                snprintf(buf, len, "%s:%d", name, rw->where[i].line);
+                return;
+            }
+        }
+    }
+    switch (cp->where[i].src) {
+    case SRC_FILE:
+        snprintf(buf, len, "%s:%d", name, cp->where[i].line);
+        break;
+    case SRC_ENV:
+        env_name(&config_options[i], var, sizeof var);
+        snprintf(buf, len, "env %s", var);
+        break;
+    default:
+        snprintf(buf, len, "%s", name);
+        break;
+    }
 }
 
 struct config *

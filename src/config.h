@@ -172,6 +172,13 @@ struct config *config_load(const char *path, char *const *envp,
 int config_unsupported(const struct config *cfg, config_err_fn warn,
                        void *ctx);
 
+/* Where the value of [section] key of policy p (the global one or a
+ * route's) came from, for a message about it: "FILE:LINE" (the line that
+ * set it), "env WSGUARD_SECTION_KEY", or "FILE" for a built-in default. */
+void config_where(const struct config *cfg, const struct policy *p,
+                  const char *section, const char *key, char *buf,
+                  size_t len);
+
 struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg);
 

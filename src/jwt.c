@@ -204,48 +204,59 @@ parse_claims(struct jwt_verifier *v, const struct strlist *l, char *err,
 }
 
 static int
-load_keys(struct jwt_verifier *v, const struct policy *p, char *err,
-          size_t cap)
+load_keys(struct jwt_verifier *v, const struct policy *p, const char **key,
+          char *err, size_t cap)
 {
     char why[256];
 
     if (set(p->jwt_secret)
         && jwk_add_secret(&v->keys, (const unsigned char *)p->jwt_secret,
                           strlen(p->jwt_secret), why, sizeof why) == -1) {
+        *key = "secret";
         snprintf(err, cap, "[jwt] secret: %s", why);
         return -1;
     }
     if (set(p->jwt_secret_file)
         && jwk_load_secret_file(&v->keys, p->jwt_secret_file, why,
                                 sizeof why) == -1) {
+        *key = "secret_file";
         snprintf(err, cap, "[jwt] secret_file: %s", why);
         return -1;
     }
     if (set(p->jwt_public_key_file)
         && jwk_load_pem(&v->keys, p->jwt_public_key_file, why,
                         sizeof why) == -1) {
+        *key = "public_key_file";
         snprintf(err, cap, "[jwt] public_key_file: %s", why);
         return -1;
     }
     if (set(p->jwt_jwks_file)
         && jwk_load_jwks(&v->keys, p->jwt_jwks_file, why, sizeof why)
         == -1) {
+        *key = "jwks_file";
         snprintf(err, cap, "[jwt] jwks_file: %s", why);
         return -1;
     }
     if (v->keys.n == 0) {
-        snprintf(err, cap, "[jwt] no key: set secret, secret_file, "
-                 "public_key_file or jwks_file");
+        *key = "enabled";
+        snprintf(err, cap, "[jwt] enabled = yes but no key: set secret, "
+                 "secret_file, public_key_file or jwks_file");
         return -1;
     }
     return 0;
 }
 
 struct jwt_verifier *
-jwt_verifier_new(const struct policy *p, char *err, size_t cap)
+jwt_verifier_new(const struct policy *p, const char **key, char *err,
+                 size_t cap)
 {
     struct jwt_verifier *v = calloc(1, sizeof *v);
     unsigned usable = 0;
+    const char *k_dummy;
+
+    if (key == NULL)
+        key = &k_dummy;
+    *key = "enabled";
 
     if (v == NULL) {
         snprintf(err, cap, "out of memory");
@@ -255,6 +266,7 @@ jwt_verifier_new(const struct policy *p, char *err, size_t cap)
         const char *a = p->jwt_algorithms.v[i];
         int id = jwa_from_name(a, strlen(a));
 
+        *key = "algorithms";
         if (strcasecmp(a, "none") == 0) {
             snprintf(err, cap, "[jwt] algorithms: \"none\" is never "
                      "allowed");
@@ -267,17 +279,24 @@ jwt_verifier_new(const struct policy *p, char *err, size_t cap)
         v->allowed |= JWA_BIT(id);
     }
     if (v->allowed == 0) {
+        *key = "algorithms";
         snprintf(err, cap, "[jwt] algorithms is empty");
         goto fail;
     }
-    if (load_keys(v, p, err, cap) == -1)
+    if (load_keys(v, p, key, err, cap) == -1)
         goto fail;
     for (size_t i = 0; i < v->keys.n; i++)
         usable |= v->keys.k[i].algs & v->allowed;
     if (usable == 0) {
-        snprintf(err, cap, "[jwt] no configured key fits any allowed "
-                 "algorithm (an HMAC secret verifies HS*, RSA RS*/PS*, "
-                 "EC the ES* of its curve, Ed25519 EdDSA)");
+        char list[200] = "";
+        for (size_t i = 0; i < p->jwt_algorithms.n; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list),
+                     "%s%s", i ? " " : "", p->jwt_algorithms.v[i]);
+        *key = "algorithms";
+        snprintf(err, cap, "[jwt] algorithms = %s: no configured key fits "
+                 "any of them (an HMAC secret verifies HS*, an RSA key "
+                 "RS*/PS*, an EC key the ES* of its curve, an Ed25519 key "
+                 "EdDSA)", list);
         goto fail;
     }
     v->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
@@ -307,8 +326,11 @@ jwt_verifier_new(const struct policy *p, char *err, size_t cap)
     v->leeway = (int64_t)(p->jwt_leeway_ms / 1000);
     v->require_exp = p->jwt_require_exp;
     v->max_token = (size_t)p->jwt_max_token_bytes;
-    if (parse_sources(v, &p->jwt_sources, err, cap) == -1
-        || parse_claims(v, &p->jwt_forward_claims, err, cap) == -1)
+    *key = "sources";
+    if (parse_sources(v, &p->jwt_sources, err, cap) == -1)
+        goto fail;
+    *key = "forward_claims";
+    if (parse_claims(v, &p->jwt_forward_claims, err, cap) == -1)
         goto fail;
     ERR_clear_error();
     return v;

@@ -31,8 +31,11 @@ struct jwt_verifier;
  * Web Key Set: kty RSA, EC, OKP/Ed25519, oct; several keys; chosen by the
  * token's kid, or tried in order when the token has no kid). Returns NULL
  * with a message in err when a key cannot be loaded, an algorithm name is
- * unknown, "none" is listed, or no key fits any allowed algorithm. */
-struct jwt_verifier *jwt_verifier_new(const struct policy *p, char *err,
+ * unknown, "none" is listed, or no key fits any allowed algorithm; *key
+ * (when key is not NULL) then names the [jwt] key at fault, so the caller
+ * can say where it was set. */
+struct jwt_verifier *jwt_verifier_new(const struct policy *p,
+                                      const char **key, char *err,
                                       size_t cap);
 void jwt_verifier_free(struct jwt_verifier *v);
 

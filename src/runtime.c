@@ -60,23 +60,30 @@ resolve_policy(struct runtime *rt, const struct policy *p, char *err,
     return 0;
 }
 
+/* Errors name where the value at fault was set (config_where): the file
+ * and line, or the environment variable. */
 static int
-policy_rt_init(struct policy_rt *prt, const struct policy *p, char *err,
-               size_t cap)
+policy_rt_init(const struct config *cfg, struct policy_rt *prt,
+               const struct policy *p, char *err, size_t cap)
 {
-    char e[400];
+    char e[400], where[300];
+    const char *key = NULL;
+
     if (p->origin_allow.n || p->origin_allow_pattern.n) {
         prt->origin = origin_set_new(&p->origin_allow,
                                      &p->origin_allow_pattern, e, sizeof e);
         if (prt->origin == NULL) {
-            snprintf(err, cap, "[origin] %s", e);
+            config_where(cfg, p, "origin", p->origin_allow_pattern.n
+                         ? "allow_pattern" : "allow", where, sizeof where);
+            snprintf(err, cap, "%s: [origin] %s", where, e);
             return -1;
         }
     }
     if (p->jwt_enabled) {
-        prt->jwt = jwt_verifier_new(p, e, sizeof e);
+        prt->jwt = jwt_verifier_new(p, &key, e, sizeof e);
         if (prt->jwt == NULL) {
-            snprintf(err, cap, "[jwt] %s", e);
+            config_where(cfg, p, "jwt", key, where, sizeof where);
+            snprintf(err, cap, "%s: %s", where, e);
             return -1;
         }
     }
@@ -150,7 +157,7 @@ runtime_new(struct config *cfg, char *err, size_t cap)
     for (size_t i = 0; i <= cfg->nroutes; i++) {
         const struct policy *p = i ? &cfg->routes[i - 1].p : &cfg->global;
         if (resolve_policy(rt, p, err, cap) != 0 ||
-            policy_rt_init(&rt->prt[i], p, err, cap) != 0)
+            policy_rt_init(cfg, &rt->prt[i], p, err, cap) != 0)
             goto fail;
     }
     if (cfg->trusted_proxies.n &&

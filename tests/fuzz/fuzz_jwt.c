@@ -80,7 +80,7 @@ build(const char *alg, const char *secret, const char *jwks)
     p.jwt_max_token_bytes = 8192;
     p.jwt_sources = mklist(src, sizeof src / sizeof src[0]);
     p.jwt_forward_claims = mklist(claims, sizeof claims / sizeof claims[0]);
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     if (v == NULL) {
         fprintf(stderr, "fuzz_jwt: %s\n", err);
         abort();

@@ -100,7 +100,7 @@ verifier(const char *algs, const char *secret, const char *pem,
     p.jwt_secret = (char *)secret;
     p.jwt_public_key_file = (char *)pem;
     p.jwt_jwks_file = (char *)jwks;
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     if (v == NULL)
         print_error("verifier: %s\n", err);
     policy_free(&p);
@@ -639,7 +639,7 @@ test_time_claims(void **state)
     p.jwt_secret = (char *)secret64;
     p.jwt_require_exp = false;
     p.jwt_leeway_ms = 0;
-    noexp = jwt_verifier_new(&p, err, sizeof err);
+    noexp = jwt_verifier_new(&p, NULL, err, sizeof err);
     assert_non_null(noexp);
     claim_case(noexp, "{\"sub\":\"x\"}", NULL);
     claim_case(noexp, "{\"exp\":1700000000}", "expired");
@@ -662,7 +662,7 @@ test_iss_aud(void **state)
     p.jwt_secret = (char *)secret64;
     p.jwt_issuer = (char *)"https://idp.example";
     p.jwt_audience = list("api chat");
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     assert_non_null(v);
 #define E "\"exp\":1800000000,"
 #define I "\"iss\":\"https://idp.example\","
@@ -982,44 +982,57 @@ test_verifier_errors(void **state)
     struct jwt_verifier *v;
 
     (void)state;
-#define REFUSE(setup_stmt, needle) do {                                 \
+    /* the message, and the key it blames (for "FILE:LINE" or the
+     * environment variable in front of it) */
+    const char *key;
+#define REFUSE(setup_stmt, needle, keyname) do {                        \
         policy_init(&p, "HS256 RS256");                                 \
         p.jwt_secret = (char *)secret64;                                \
         setup_stmt;                                                     \
         err[0] = '\0';                                                  \
-        v = jwt_verifier_new(&p, err, sizeof err);                      \
+        key = NULL;                                                     \
+        v = jwt_verifier_new(&p, &key, err, sizeof err);                \
         if (v != NULL)                                                  \
             fail_msg("accepted: %s", #setup_stmt);                      \
         if (strstr(err, needle) == NULL)                                \
             fail_msg("%s: error \"%s\" lacks \"%s\"", #setup_stmt, err, \
                      needle);                                           \
+        if (key == NULL || strcmp(key, keyname) != 0)                   \
+            fail_msg("%s: blames %s, not %s", #setup_stmt,              \
+                     key ? key : "nothing", keyname);                   \
         policy_free(&p);                                                \
     } while (0)
 
     REFUSE(list_free(&p.jwt_algorithms); p.jwt_algorithms = list("none"),
-           "none");
+           "none", "algorithms");
     REFUSE(list_free(&p.jwt_algorithms);
-           p.jwt_algorithms = list("HS256 NONE"), "none");
+           p.jwt_algorithms = list("HS256 NONE"), "none", "algorithms");
     REFUSE(list_free(&p.jwt_algorithms); p.jwt_algorithms = list("HS257"),
-           "unknown");
-    REFUSE(list_free(&p.jwt_algorithms), "empty");
-    REFUSE(p.jwt_secret = NULL, "no key");
-    REFUSE(p.jwt_secret = (char *)"short", "32");
+           "unknown", "algorithms");
+    REFUSE(list_free(&p.jwt_algorithms), "empty", "algorithms");
+    REFUSE(p.jwt_secret = NULL, "no key", "enabled");
+    REFUSE(p.jwt_secret = (char *)"short", "32", "secret");
     REFUSE(p.jwt_secret = NULL; p.jwt_public_key_file = (char *)ed_pem,
-           "fits");
-    REFUSE(p.jwt_public_key_file = (char *)rsa1024_pem, "2048");
-    REFUSE(p.jwt_public_key_file = (char *)"/nonexistent/k.pem",
+           "algorithms = HS256 RS256: no configured key fits", "algorithms");
+    REFUSE(p.jwt_public_key_file = (char *)rsa1024_pem, "2048",
            "public_key_file");
-    REFUSE(p.jwt_jwks_file = (char *)"/nonexistent/k.jwks", "jwks_file");
-    REFUSE(p.jwt_secret_file = (char *)"/nonexistent/s", "secret_file");
-    REFUSE(p.jwt_public_key_file = (char *)jwks_path, "PUBLIC KEY");
-    REFUSE(p.jwt_jwks_file = (char *)rsa_pem, "JSON");
+    REFUSE(p.jwt_public_key_file = (char *)"/nonexistent/k.pem",
+           "public_key_file", "public_key_file");
+    REFUSE(p.jwt_jwks_file = (char *)"/nonexistent/k.jwks", "jwks_file",
+           "jwks_file");
+    REFUSE(p.jwt_secret_file = (char *)"/nonexistent/s", "secret_file",
+           "secret_file");
+    REFUSE(p.jwt_public_key_file = (char *)jwks_path, "PUBLIC KEY",
+           "public_key_file");
+    REFUSE(p.jwt_jwks_file = (char *)rsa_pem, "JSON", "jwks_file");
     REFUSE(list_free(&p.jwt_sources); p.jwt_sources = list("body:x"),
-           "sources");
+           "sources", "sources");
     REFUSE(list_free(&p.jwt_forward_claims);
-           p.jwt_forward_claims = list("sub"), "forward_claims");
+           p.jwt_forward_claims = list("sub"), "forward_claims",
+           "forward_claims");
     REFUSE(list_free(&p.jwt_forward_claims);
-           p.jwt_forward_claims = list("sub:X\rY"), "forward_claims");
+           p.jwt_forward_claims = list("sub:X\rY"), "forward_claims",
+           "forward_claims");
 #undef REFUSE
 
     /* secret_file: one trailing newline is not part of the secret */
@@ -1031,7 +1044,7 @@ test_verifier_errors(void **state)
     }
     policy_init(&p, "HS512");
     p.jwt_secret_file = path;
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     assert_non_null(v);
     {
         char *tok = sign(hdr_for(JWA_HS512), PL_OK, JWA_HS512, NULL);
@@ -1057,7 +1070,7 @@ src_verifier(const char *sources)
     p.jwt_secret = (char *)secret64;
     list_free(&p.jwt_sources);
     p.jwt_sources = list(sources);
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     assert_non_null(v);
     policy_free(&p);
     return v;
@@ -1339,7 +1352,7 @@ test_claim_headers(void **state)
     p.jwt_forward_claims = list("sub:X-User-Id n:X-N b:X-B o:X-O "
                                 "crlf:X-Evil tab:X-Tab r:X-R f:X-F "
                                 "missing:X-M nul:X-Null");
-    v = jwt_verifier_new(&p, err, sizeof err);
+    v = jwt_verifier_new(&p, NULL, err, sizeof err);
     assert_non_null(v);
     policy_free(&p);
 
