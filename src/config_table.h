@@ -268,9 +268,9 @@ static const struct config_option config_options[] = {
       0, NULL, config_check_access_log, NULL },
 
     { "admin", "listen", OPT_STRING, C(admin_listen), 0, 0,
-      "127.0.0.1:9090", UN, NULL, config_check_listen, NULL },
+      "127.0.0.1:9090", 0, NULL, config_check_listen, NULL },
     { "admin", "allow", OPT_LIST, C(admin_allow), 0, 0,
-      "127.0.0.1/32 ::1/128", UN, NULL, cidr_check, NULL },
+      "127.0.0.1/32 ::1/128", 0, NULL, cidr_check, NULL },
 
     { "cluster", "redis", OPT_STRING, C(cluster_redis), 0, 0, NULL,
       UN, NULL, config_check_redis, NULL },
