@@ -9,9 +9,16 @@
  *   SIGHUP          reload: a new snapshot for new connections, live ones
  *                   keep theirs; a bad configuration is logged and the
  *                   old one stays.
+ * The admin listener ([admin] listen) is bound with the other sockets,
+ * before privileges are dropped, and served by its own thread (admin.c),
+ * which main tells about reloads and, first of all, about a drain.
+ *
+ * `wsguard --healthcheck` loads the configuration the same way and probes
+ * the admin listener's /healthz instead of starting (admin_healthcheck()).
  */
 #include <errno.h>
 #include <ev.h>
+#include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -21,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
@@ -30,6 +38,7 @@
 
 #define WSGUARD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/wsguard/wsguard.ini"
+#define HEALTHCHECK_TIMEOUT 2.0     /* s, for --healthcheck */
 
 extern char **environ;
 
@@ -53,11 +62,15 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-            "usage: wsguard [-c FILE] [-t] [-V] [-h]\n"
-            "  -c FILE  configuration file (default " DEFAULT_CONFIG ")\n"
-            "  -t       check the configuration and exit\n"
-            "  -V       print the version and exit\n"
-            "  -h       this help\n"
+            "usage: wsguard [-c FILE] [-t] [-V] [-h] [--healthcheck]\n"
+            "  -c FILE        configuration file (default " DEFAULT_CONFIG
+            ")\n"
+            "  -t             check the configuration and exit\n"
+            "  -V             print the version and exit\n"
+            "  -h             this help\n"
+            "  --healthcheck  GET /healthz on the configured [admin] listen;\n"
+            "                 exit 0 if it answers 200, else 1 (for a\n"
+            "                 container HEALTHCHECK)\n"
             "Environment: WSGUARD_<SECTION>_<KEY>=value overrides a key.\n");
 }
 
@@ -68,6 +81,15 @@ print_err(const char *msg, void *ctx)
     if (count)
         (*count)++;
     fprintf(stderr, "%s\n", msg);
+}
+
+/* The first error only (--healthcheck prints one line). */
+static void
+first_err(const char *msg, void *ctx)
+{
+    char *first = ctx;
+    if (first[0] == '\0')
+        snprintf(first, 512, "%s", msg);
 }
 
 static void
@@ -120,6 +142,7 @@ warn_unsafe(const struct config *cfg)
     if (cfg->idle_timeout_ms == 0)
         log_warn("[server] idle_timeout = 0: idle sessions are never "
                  "closed");
+    admin_warn(cfg);
 }
 
 /*
@@ -240,9 +263,13 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         struct config *cfg = config_load(config_source(), environ,
                                          log_err_cb, &errors);
         if (cfg == NULL) {
+            char why[64];
             log_error("reload failed (%d errors): keeping the running "
                       "configuration", errors);
+            snprintf(why, sizeof why, "%d configuration error%s (see the "
+                     "error log)", errors, errors == 1 ? "" : "s");
             stats_add(&stats_reloads[0], 1);
+            admin_reload_failed(why);
             return;
         }
         char err[512];
@@ -252,6 +279,7 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
             log_error("reload failed: %s: keeping the running "
                       "configuration", err);
             stats_add(&stats_reloads[0], 1);
+            admin_reload_failed(err);
             config_unref(keep);
             return;
         }
@@ -262,6 +290,7 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         warn_unsafe(keep);
         for (unsigned i = 0; i < nworkers; i++)
             worker_set_runtime(&workers[i], rt);
+        admin_reloaded(rt);
         runtime_unref(rt);
         config_unref(running);
         running = keep;
@@ -277,17 +306,67 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     }
     draining = 1;
     log_info("signal %d: draining", w->signum);
+    /* /readyz turns 503 before any listener closes, so that a load
+     * balancer polling it stops sending first. */
+    admin_draining();
     for (unsigned i = 0; i < nworkers; i++)
         worker_drain(&workers[i]);
+}
+
+/*
+ * --healthcheck: the configuration is loaded as a start would load it
+ * (-c, the default file or the environment alone), but with [tls]
+ * enabled forced off, so that certificates and keys are not read: the
+ * probe needs only [admin] listen, and runs as whatever user the
+ * container or unit gives it, which need not be able to read the key.
+ * One line on stderr when it fails.
+ */
+static int
+healthcheck(void)
+{
+    size_t n = 0;
+    for (char **e = environ; *e; e++)
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    if (env == NULL)
+        return 1;
+    n = 0;
+    for (char **e = environ; *e; e++)
+        if (strncmp(*e, "WSGUARD_TLS_ENABLED=", 20) != 0)
+            env[n++] = *e;
+    env[n++] = "WSGUARD_TLS_ENABLED=no";
+    env[n] = NULL;
+
+    char first[512] = "";
+    struct config *cfg = config_load(config_source(), env, first_err,
+                                     first);
+    free(env);
+    if (cfg == NULL) {
+        fprintf(stderr, "wsguard --healthcheck: %s\n",
+                first[0] ? first : "cannot load the configuration");
+        return 1;
+    }
+    int rc = admin_healthcheck(cfg, HEALTHCHECK_TIMEOUT);
+    config_unref(cfg);
+    return rc;
 }
 
 int
 main(int argc, char **argv)
 {
-    int check = 0, opt;
+    int check = 0, probe = 0, opt;
+    static const struct option longopts[] = {
+        { "healthcheck", no_argument, NULL, 'H' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
 
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
         switch (opt) {
+        case 'H':
+            probe = 1;
+            break;
         case 'c':
             config_path = optarg;
             config_given = 1;
@@ -311,6 +390,8 @@ main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (probe)
+        return healthcheck();
 
     int errors = 0;
     if (config_source() == NULL)
@@ -360,6 +441,10 @@ main(int argc, char **argv)
         log_error("%s", workers ? err : "out of memory");
         return 1;
     }
+    if (admin_listen(keep, err, sizeof err) != 0) {
+        log_error("%s", err);
+        return 1;
+    }
     /* Every socket is bound and every key read: root is not needed any
      * more (and no thread has started yet). */
     if (drop_privileges(keep) != 0)
@@ -386,6 +471,8 @@ main(int argc, char **argv)
             return 1;
         }
     }
+    if (admin_start(workers, nworkers, rt, WSGUARD_VERSION) != 0)
+        return 1;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     runtime_unref(rt);
     log_info("wsguard " WSGUARD_VERSION " started: %u worker%s", nworkers,
@@ -403,6 +490,9 @@ main(int argc, char **argv)
 
     for (unsigned i = 0; i < nworkers; i++)
         worker_join(&workers[i]);
+    /* The admin thread reads the workers' counters: stopped before they
+     * are freed. */
+    admin_stop();
     free(workers);
     iplimit_free(runtime_iplimit);
     config_unref(running);
