@@ -22,6 +22,7 @@
 #include "config_table.h"
 #include "path.h"
 #include "stats.h"
+#include "tls.h"
 #include "units.h"
 
 #include <arpa/inet.h>
@@ -532,6 +533,46 @@ config_check_claim(const char *v, char *err, size_t errlen)
         return -1;
     }
     return 0;
+}
+
+/* [tls] forward_client_cert: a plain header name ([A-Za-z0-9-]) that
+ * wsguard neither sets, removes nor checks itself. */
+int
+config_check_header(const char *v, char *err, size_t errlen)
+{
+    static const char *const reserved[] = {
+        "host", "connection", "upgrade", "keep-alive", "proxy-connection",
+        "te", "trailer", "transfer-encoding", "content-length", "origin",
+        "cookie", "authorization", "proxy-authorization", "forwarded",
+        "x-real-ip", NULL
+    };
+    size_t len = strlen(v);
+
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isalnum((unsigned char)v[i]) && v[i] != '-') {
+            snprintf(err, errlen, "invalid header name \"%s\" (letters, "
+                     "digits and '-' only)", v);
+            return -1;
+        }
+    }
+    if (v[0] == '-' || v[len - 1] == '-' || len > 64) {
+        snprintf(err, errlen, "invalid header name \"%s\"", v);
+        return -1;
+    }
+    for (size_t i = 0; reserved[i] != NULL; i++) {
+        if (strcasecmp(v, reserved[i]) == 0)
+            goto clash;
+    }
+    if (strncasecmp(v, "x-forwarded-", 12) == 0
+        || strncasecmp(v, "sec-websocket-", 14) == 0)
+        goto clash;
+    return 0;
+clash:
+    snprintf(err, errlen, "\"%s\" is a header wsguard sets or checks "
+             "itself", v);
+    return -1;
 }
 
 int
@@ -1430,6 +1471,79 @@ check_readable(struct loader *l, size_t i, const char *path)
            strerror(errno));
 }
 
+/* A problem tls_check() found, blamed on its [tls] key's line. */
+static void
+tls_problem(const char *key, const char *msg, void *arg)
+{
+    struct loader *l = arg;
+    char where[300];
+
+    where_option(l, option_index("tls", key), NULL, where, sizeof where);
+    report(l, where, "[tls] %s: %s", key, msg);
+}
+
+/* [tls] beyond single values: the files load (certificates, keys, CA,
+ * SNI names), mTLS and the forwarded identity fit together. */
+static void
+validate_tls(struct loader *l)
+{
+    struct config *c = &l->cp->pub;
+    char where[300];
+    size_t i;
+
+    if (c->tls_enabled) {
+        static const char *const keys[] = { "cert", "key" };
+        char *const vals[] = { c->tls_cert, c->tls_key };
+        if (vals[0] != NULL && vals[1] != NULL) {
+            tls_check(c, tls_problem, l);
+        } else {
+            for (size_t k = 0; k < 2; k++) {
+                i = option_index("tls", keys[k]);
+                if (vals[k] == NULL) {
+                    where_option(l, i, NULL, where, sizeof where);
+                    report(l, where, "[tls] %s: required when [tls] "
+                           "enabled = yes", keys[k]);
+                } else {
+                    check_readable(l, i, vals[k]);
+                }
+            }
+        }
+    } else if (c->tls_client_verify != VERIFY_OFF) {
+        i = option_index("tls", "client_verify");
+        where_option(l, i, NULL, where, sizeof where);
+        report(l, where, "[tls] client_verify: requires [tls] enabled = "
+               "yes");
+    }
+    if (c->tls_client_verify != VERIFY_OFF && c->tls_client_ca == NULL) {
+        i = option_index("tls", "client_verify");
+        where_option(l, i, NULL, where, sizeof where);
+        report(l, where, "[tls] client_verify: requires [tls] client_ca");
+    }
+    const char *fwd = c->tls_forward_client_cert;
+    if (fwd == NULL || fwd[0] == '\0')
+        return;
+    i = option_index("tls", "forward_client_cert");
+    if (c->tls_client_verify == VERIFY_OFF) {
+        where_option(l, i, NULL, where, sizeof where);
+        report(l, where, "[tls] forward_client_cert: requires [tls] "
+               "client_verify = optional or required");
+    }
+    /* One header, one meaning: never also a claim header. */
+    for (size_t r = 0; r <= c->nroutes; r++) {
+        const struct policy *p = r ? &c->routes[r - 1].p : &c->global;
+        for (size_t k = 0; p->jwt_enabled && k < p->jwt_forward_claims.n;
+             k++) {
+            const char *colon = strchr(p->jwt_forward_claims.v[k], ':');
+            if (colon != NULL && strcasecmp(colon + 1, fwd) == 0) {
+                where_option(l, i, NULL, where, sizeof where);
+                report(l, where, "[tls] forward_client_cert: \"%s\" is "
+                       "also a [jwt] forward_claims header", fwd);
+                return;
+            }
+        }
+    }
+}
+
 static void
 validate(struct loader *l)
 {
@@ -1454,25 +1568,7 @@ validate(struct loader *l)
             report(l, where, "[route %s] backend: no backend", r->prefix);
         }
     }
-    if (c->tls_enabled) {
-        static const char *const keys[] = { "cert", "key" };
-        char *const vals[] = { c->tls_cert, c->tls_key };
-        for (size_t k = 0; k < 2; k++) {
-            i = option_index("tls", keys[k]);
-            if (vals[k] == NULL) {
-                where_option(l, i, NULL, where, sizeof where);
-                report(l, where, "[tls] %s: required when [tls] enabled "
-                       "= yes", keys[k]);
-            } else {
-                check_readable(l, i, vals[k]);
-            }
-        }
-    }
-    if (c->tls_client_verify != VERIFY_OFF && c->tls_client_ca == NULL) {
-        i = option_index("tls", "client_verify");
-        where_option(l, i, NULL, where, sizeof where);
-        report(l, where, "[tls] client_verify: requires [tls] client_ca");
-    }
+    validate_tls(l);
 }
 
 static void

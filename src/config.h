@@ -128,8 +128,10 @@ struct config {
     int tls_min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
     char *tls_ciphers;          /* NULL = default */
     char *tls_ciphersuites;     /* NULL = default */
-    char *tls_client_ca;
+    char *tls_client_ca;        /* PEM trust anchors for client certs */
     enum client_verify tls_client_verify;
+    char *tls_forward_client_cert;  /* header name for the verified client
+                                   certificate's identity, or NULL */
 
     /* [log] */
     enum log_level log_level;

@@ -79,6 +79,7 @@ int config_check_claim(const char *v, char *err, size_t errlen);
 int config_check_listen(const char *v, char *err, size_t errlen);
 int config_check_access_log(const char *v, char *err, size_t errlen);
 int config_check_redis(const char *v, char *err, size_t errlen);
+int config_check_header(const char *v, char *err, size_t errlen);
 
 /* Route sections themselves are not implemented yet. */
 #define CONFIG_ROUTE_FLAGS 0u
@@ -184,7 +185,7 @@ static const struct config_option config_options[] = {
     { "tls", "key", OPT_STRING, C(tls_key), 0, 0, "conf/certs/dev.key",
       0, NULL, NULL, NULL },
     { "tls", "extra_certs", OPT_LIST, C(tls_extra_certs), 0, 0, NULL,
-      UN, NULL, NULL, NULL },
+      0, NULL, NULL, NULL },
     { "tls", "min_version", OPT_ENUM, C(tls_min_version), 0, 0, "TLSv1.2",
       0, opt_tls_versions, NULL, NULL },
     { "tls", "ciphers", OPT_STRING, C(tls_ciphers), 0, 0, NULL,
@@ -192,9 +193,11 @@ static const struct config_option config_options[] = {
     { "tls", "ciphersuites", OPT_STRING, C(tls_ciphersuites), 0, 0, NULL,
       0, NULL, NULL, NULL },
     { "tls", "client_ca", OPT_STRING, C(tls_client_ca), 0, 0, NULL,
-      UN, NULL, NULL, NULL },
+      0, NULL, NULL, NULL },
     { "tls", "client_verify", OPT_ENUM, C(tls_client_verify), 0, 0, "off",
-      UN, opt_client_verify, NULL, NULL },
+      0, opt_client_verify, NULL, NULL },
+    { "tls", "forward_client_cert", OPT_STRING, C(tls_forward_client_cert),
+      0, 0, NULL, 0, NULL, config_check_header, NULL },
 
     { "backend", "url", OPT_BACKEND, P(backends), 0, 0,
       "ws://127.0.0.1:8080", PO, NULL, NULL, "backend" },

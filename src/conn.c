@@ -33,6 +33,7 @@
 #include "relay.h"
 #include "runtime.h"
 #include "side.h"
+#include "tls.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -528,6 +529,32 @@ conn_req_read(struct conn *c)
     side_refeed(&c->cli);
 }
 
+/* [tls] forward_client_cert: the verified client certificate's identity
+ * as a header line for the backend. It opens the extra lines, to which
+ * the checks append claim headers; client-sent copies of the name are
+ * removed on every route (rt->identity). No certificate (client_verify =
+ * optional): no line. */
+static int
+conn_client_cert(struct conn *c)
+{
+    const char *name = cfg_of(c)->tls_forward_client_cert;
+    struct checks *k = &c->hs->k;
+    char v[TLS_IDENTITY_MAX + 1];
+
+    if (name == NULL || name[0] == '\0')
+        return 0;
+    int n = side_peer_identity(&c->cli, v, sizeof v);
+    if (n <= 0)
+        return 0;
+    size_t cap = strlen(name) + (size_t)n + 5;
+    free(k->extra);
+    k->extra_len = 0;
+    if ((k->extra = malloc(cap)) == NULL)
+        return -1;
+    k->extra_len = (size_t)snprintf(k->extra, cap, "%s: %s\r\n", name, v);
+    return 0;
+}
+
 static void
 conn_tls_handshake(struct conn *c)
 {
@@ -536,6 +563,10 @@ conn_tls_handshake(struct conn *c)
     switch (side_handshake(&c->cli, why, sizeof why)) {
     case IO_OK:
         c->tls_version = side_tls_version(&c->cli);
+        if (conn_client_cert(c) != 0) {
+            conn_drop(c, REF_INTERNAL, NULL);
+            break;
+        }
         conn_set_state(c, CS_REQ_READ);
         conn_req_read(c);
         break;
@@ -543,7 +574,10 @@ conn_tls_handshake(struct conn *c)
         break;
     default:
         log_debug("TLS handshake with %s failed: %s", c->cl.ip, why);
-        conn_drop(c, REF_TLS, NULL);
+        /* A client certificate missing or refused under client_verify
+         * gets its own reason in the log (the client only sees the
+         * TLS alert). */
+        conn_drop(c, REF_TLS, c->cli.hs_fail);
         break;
     }
 }

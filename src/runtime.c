@@ -115,12 +115,17 @@ collect_names(struct runtime *rt, char *err, size_t cap)
         ni += p->jwt_forward_claims.n;
         nr += p->jwt_sources.n;
     }
+    ni++;       /* [tls] forward_client_cert */
     rt->identity = calloc(ni + 1, sizeof *rt->identity);
     rt->redact = calloc(nr + 1, sizeof *rt->redact);
     if (rt->identity == NULL || rt->redact == NULL) {
         snprintf(err, cap, "out of memory");
         return -1;
     }
+    /* Set by wsguard from the client certificate: a client's own copy
+     * never reaches a backend, whatever the route. */
+    if (cfg->tls_forward_client_cert && cfg->tls_forward_client_cert[0])
+        rt->identity[rt->nidentity++] = cfg->tls_forward_client_cert;
     for (size_t i = 0; i <= cfg->nroutes; i++) {
         const struct policy *p = i ? &cfg->routes[i - 1].p : &cfg->global;
         for (size_t k = 0; p->jwt_enabled && k < p->jwt_forward_claims.n;

@@ -39,6 +39,7 @@ side_open(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls)
     s->fd = fd;
     s->ssl = NULL;
     s->loop = loop;
+    s->hs_fail = NULL;
     ev_io_set(&s->rd, fd, EV_READ);
     ev_io_set(&s->wr, fd, EV_WRITE);
     if (tls == NULL)
@@ -166,6 +167,9 @@ side_handshake(struct side *s, char *why, size_t cap)
         return IO_AGAIN;
     default: {
         unsigned long e = ERR_peek_error();
+        s->hs_fail = tls_failure(s->ssl, e);
+        if (s->hs_fail == NULL)
+            s->hs_fail = tls_failure(s->ssl, ERR_peek_last_error());
         if (cap > 0) {
             if (e != 0)
                 ERR_error_string_n(e, why, cap);
@@ -261,4 +265,12 @@ const char *
 side_tls_version(const struct side *s)
 {
     return s->ssl != NULL ? tls_version_name(s->ssl) : NULL;
+}
+
+int
+side_peer_identity(const struct side *s, char *out, size_t cap)
+{
+    if (cap > 0)
+        out[0] = '\0';
+    return s->ssl != NULL ? tls_peer_identity(s->ssl, out, cap) : 0;
 }

@@ -39,6 +39,9 @@ struct side {
     unsigned hs_wants_wr : 1;   /* the TLS handshake waits for writability */
     unsigned full_stop : 1;     /* reading stopped on a full buffer: look
                                    inside TLS when it resumes */
+    const char *hs_fail;        /* static reason when the TLS handshake
+                                   failed over the client's certificate
+                                   (tls_failure()), else NULL */
 };
 
 /* Take fd (non-blocking) on loop; with tls (not NULL), as the server
@@ -97,5 +100,11 @@ void side_close(struct side *s);
 
 /* "TLSv1.3" etc. for the access log, or NULL without TLS. */
 const char *side_tls_version(const struct side *s);
+
+/* The verified client certificate's identity as a header value
+ * (tls_peer_identity(): out must hold TLS_IDENTITY_MAX + 1 bytes).
+ * Returns its length, or 0 without TLS or without a verified client
+ * certificate. */
+int side_peer_identity(const struct side *s, char *out, size_t cap);
 
 #endif

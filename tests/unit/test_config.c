@@ -19,6 +19,10 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
 #include "config.h"
 #include "config_table.h"
 
@@ -62,21 +66,61 @@ dump(const struct msgs *m)
         }                                                               \
     } while (0)
 
-/* A file that exists, for [tls] cert and key. */
+/* A certificate and key, for [tls] cert and key (validation loads them). */
 static char tmp_cert[] = "/tmp/wsguard-test-certXXXXXX";
 static char env_cert[128], env_key[128];
 static char *const no_tls[] = { "WSGUARD_TLS_ENABLED=no", NULL };
 static char *tls_env[3];
 
+/* Write a self-signed certificate for san (a subjectAltName value such
+ * as "DNS:a.example", or NULL: CN only) signed by certkey, followed by
+ * filekey, to a new temporary file whose name goes to path. */
+static int
+write_pem(char *path, const char *cn, const char *san, EVP_PKEY *certkey,
+          EVP_PKEY *filekey)
+{
+    X509 *x = X509_new();
+    X509V3_CTX v3;
+    FILE *f;
+    int fd = mkstemp(path), ok = 0;
+
+    if (fd == -1 || x == NULL || (f = fdopen(fd, "w")) == NULL)
+        return -1;
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, certkey);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    if (san != NULL) {
+        X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3,
+                                                NID_subject_alt_name, san);
+        if (e == NULL)
+            goto out;
+        X509_add_ext(x, e, -1);
+        X509_EXTENSION_free(e);
+    }
+    if (X509_sign(x, certkey, EVP_sha256()) > 0 && PEM_write_X509(f, x)
+        && PEM_write_PrivateKey(f, filekey, NULL, NULL, 0, NULL, NULL))
+        ok = 1;
+out:
+    fclose(f);
+    X509_free(x);
+    return ok ? 0 : -1;
+}
+
 static int
 setup(void **state)
 {
-    int fd = mkstemp(tmp_cert);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
 
     (void)state;
-    if (fd == -1)
+    if (k == NULL || write_pem(tmp_cert, "localhost", "DNS:localhost", k, k))
         return -1;
-    close(fd);
+    EVP_PKEY_free(k);
     snprintf(env_cert, sizeof env_cert, "WSGUARD_TLS_CERT=%s", tmp_cert);
     snprintf(env_key, sizeof env_key, "WSGUARD_TLS_KEY=%s", tmp_cert);
     tls_env[0] = env_cert;
@@ -507,6 +551,157 @@ test_validation(void **state)
                "or directory");
 }
 
+/* ---- [tls]: files, SNI names, mTLS, the forwarded identity */
+
+static bool
+has_prefix(const struct msgs *m, const char *want)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        if (strncmp(m->v[i], want, strlen(want)) == 0)
+            return true;
+    }
+    return false;
+}
+
+#define assert_prefix(m, want) do {                                     \
+        if (!has_prefix((m), (want))) {                                 \
+            dump(m);                                                    \
+            fail_msg("missing message: %s...", (want));                 \
+        }                                                               \
+    } while (0)
+
+static void
+test_tls(void **state)
+{
+    char a[] = "/tmp/wsguard-test-aXXXXXX", a2[] = "/tmp/wsguard-test-bXXXXXX";
+    char bad[] = "/tmp/wsguard-test-cXXXXXX";
+    char dflt[] = "/tmp/wsguard-test-dXXXXXX";
+    char empty[] = "/tmp/wsguard-test-eXXXXXX";
+    char text[2048], want[600];
+    EVP_PKEY *k1 = EVP_EC_gen("P-256"), *k2 = EVP_EC_gen("P-256");
+    struct msgs m;
+    struct config *c;
+    int fd;
+
+    (void)state;
+    assert_non_null(k1);
+    assert_non_null(k2);
+    assert_int_equal(write_pem(a, "a.example",
+                               "DNS:a.example,DNS:*.b.example", k1, k1), 0);
+    assert_int_equal(write_pem(a2, "x", "DNS:A.Example", k2, k2), 0);
+    assert_int_equal(write_pem(bad, "c.example", "DNS:c.example", k1, k2),
+                     0);
+    assert_int_equal(write_pem(dflt, "localhost", NULL, k1, k1), 0);
+    fd = mkstemp(empty);
+    assert_true(fd != -1);
+    close(fd);
+
+    /* A good set: SNI file, mTLS, the header. */
+    snprintf(text, sizeof text, "[tls]\nextra_certs = %s\nclient_ca = %s\n"
+             "client_verify = required\nforward_client_cert = "
+             "X-Client-Cert\n", a, tmp_cert);
+    c = load_ok(text, tls_env);
+    assert_int_equal(c->tls_extra_certs.n, 1);
+    assert_string_equal(c->tls_client_ca, tmp_cert);
+    assert_int_equal(c->tls_client_verify, VERIFY_REQUIRED);
+    assert_string_equal(c->tls_forward_client_cert, "X-Client-Cert");
+    config_unref(c);
+
+    /* Every file problem, on the line of its key. */
+    snprintf(text, sizeof text, "[tls]\nextra_certs = %s %s\n"
+             "extra_certs = %s\nextra_certs = %s /nonexistent/x.pem\n"
+             "client_ca = %s\n", a, a2, bad, dflt, empty);
+    load_bad(text, tls_env, &m);
+    snprintf(want, sizeof want, "t.ini:4: [tls] extra_certs: \"%s\": "
+             "private key does not match the certificate", bad);
+    assert_prefix(&m, want);
+    /* CN only: the CN is the name; the default certificate has it. */
+    snprintf(want, sizeof want, "t.ini:4: [tls] extra_certs: \"%s\": name "
+             "\"localhost\" is also served by [tls] cert \"%s\"", dflt,
+             tmp_cert);
+    assert_msg(&m, want);
+    assert_msg(&m, "t.ini:4: [tls] extra_certs: cannot open "
+               "\"/nonexistent/x.pem\": No such file or directory");
+    /* Names compare without case. */
+    snprintf(want, sizeof want, "t.ini:4: [tls] extra_certs: name "
+             "\"a.example\" is served by both \"%s\" and \"%s\"", a, a2);
+    assert_msg(&m, want);
+    snprintf(want, sizeof want, "t.ini:5: [tls] client_ca: \"%s\": ", empty);
+    assert_prefix(&m, want);
+    assert_int_equal(m.n, 5);
+
+    /* The default pair: a key that does not match, a directory. */
+    char *const no_env[] = { NULL };
+    snprintf(text, sizeof text, "[tls]\ncert = %s\nkey = %s\n"
+             "extra_certs = /tmp\n", tmp_cert, a);
+    load_bad(text, no_env, &m);
+    snprintf(want, sizeof want, "t.ini:3: [tls] key: \"%s\": private key "
+             "does not match certificate \"%s\"", a, tmp_cert);
+    assert_prefix(&m, want);
+    assert_msg(&m, "t.ini:4: [tls] extra_certs: \"/tmp\": not a regular "
+               "file");
+    assert_int_equal(m.n, 2);
+
+    /* Bad cipher lists. */
+    load_bad("[tls]\nciphers = NOPE\nciphersuites = NOPE\n", tls_env, &m);
+    assert_prefix(&m, "t.ini:2: [tls] ciphers: invalid cipher list \"NOPE\"");
+    assert_prefix(&m, "t.ini:3: [tls] ciphersuites: invalid cipher suites "
+                  "\"NOPE\"");
+    assert_int_equal(m.n, 2);
+
+    /* mTLS and the header must fit together. */
+    load_bad("[tls]\nforward_client_cert = X-Client-Cert\n", tls_env, &m);
+    assert_msg(&m, "t.ini:2: [tls] forward_client_cert: requires [tls] "
+               "client_verify = optional or required");
+    assert_int_equal(m.n, 1);
+    load_bad("[tls]\nclient_verify = optional\nenabled = no\n", NULL, &m);
+    assert_msg(&m, "t.ini:2: [tls] client_verify: requires [tls] enabled = "
+               "yes");
+    assert_msg(&m, "t.ini:2: [tls] client_verify: requires [tls] client_ca");
+    assert_int_equal(m.n, 2);
+    snprintf(text, sizeof text, "[tls]\nclient_ca = %s\nclient_verify = "
+             "optional\nforward_client_cert = x-user-id\n[jwt]\nenabled = "
+             "yes\nsecret = 0123456789abcdef0123456789abcdef\n"
+             "algorithms = HS256\n", tmp_cert);
+    load_bad(text, tls_env, &m);
+    assert_msg(&m, "t.ini:4: [tls] forward_client_cert: \"x-user-id\" is "
+               "also a [jwt] forward_claims header");
+    assert_int_equal(m.n, 1);
+
+    /* Header names: a plain token, never one wsguard handles itself. */
+    load_bad("[tls]\nforward_client_cert = X_Client\n"
+             "forward_client_cert = X-Forwarded-Client\n"
+             "forward_client_cert = sec-websocket-key\n"
+             "forward_client_cert = Host\n", NULL, &m);
+    assert_msg(&m, "t.ini:2: [tls] forward_client_cert: invalid header name "
+               "\"X_Client\" (letters, digits and '-' only)");
+    assert_msg(&m, "t.ini:3: [tls] forward_client_cert: "
+               "\"X-Forwarded-Client\" is a header wsguard sets or checks "
+               "itself");
+    assert_msg(&m, "t.ini:4: [tls] forward_client_cert: "
+               "\"sec-websocket-key\" is a header wsguard sets or checks "
+               "itself");
+    assert_msg(&m, "t.ini:5: [tls] forward_client_cert: \"Host\" is a "
+               "header wsguard sets or checks itself");
+
+    /* From the environment: the variable is named. */
+    char ca_env[160];
+    snprintf(ca_env, sizeof ca_env, "WSGUARD_TLS_CLIENT_CA=%s", empty);
+    char *const env[] = { env_cert, env_key, ca_env, NULL };
+    load_bad("[tls]\n", env, &m);
+    snprintf(want, sizeof want, "env WSGUARD_TLS_CLIENT_CA: [tls] client_ca: "
+             "\"%s\": ", empty);
+    assert_prefix(&m, want);
+
+    unlink(a);
+    unlink(a2);
+    unlink(bad);
+    unlink(dflt);
+    unlink(empty);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
+}
+
 /* ---- environment */
 
 static void
@@ -743,11 +938,11 @@ test_unsupported(void **state)
     assert_int_equal(config_unsupported(c, NULL, NULL), 1);
     config_unref(c);
 
-    /* [tls] mTLS keys are still unsupported too. */
-    c = load_ok("[tls]\nclient_verify = off\n", NULL);
+    /* SNI and mTLS are implemented: nothing reported. */
+    c = load_ok("[tls]\nclient_verify = off\nextra_certs =\n"
+                "client_ca =\n", NULL);
     m.n = 0;
-    assert_int_equal(config_unsupported(c, collect, &m), 1);
-    assert_msg(&m, "t.ini:2: [tls] client_verify: not supported yet");
+    assert_int_equal(config_unsupported(c, collect, &m), 0);
     config_unref(c);
 }
 
@@ -914,6 +1109,7 @@ main(void)
         cmocka_unit_test(test_long_lines),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_tls),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_unsupported),
