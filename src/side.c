@@ -34,6 +34,29 @@ clamp(size_t n)
 }
 
 int
+side_open_client(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls,
+                 const char *host)
+{
+    s->fd = fd;
+    s->ssl = NULL;
+    s->loop = loop;
+    ev_io_set(&s->rd, fd, EV_READ);
+    ev_io_set(&s->wr, fd, EV_WRITE);
+    if (tls == NULL)
+        return 0;
+    s->ssl = SSL_new(tls);
+    /* SNI and the name the server's certificate must carry. */
+    if (s->ssl == NULL || SSL_set_fd(s->ssl, fd) != 1 ||
+        SSL_set_tlsext_host_name(s->ssl, host) != 1 ||
+        SSL_set1_host(s->ssl, host) != 1) {
+        ERR_clear_error();
+        return -1;
+    }
+    SSL_set_connect_state(s->ssl);
+    return 0;
+}
+
+int
 side_open(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls)
 {
     s->fd = fd;

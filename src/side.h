@@ -51,6 +51,12 @@ struct side {
  * (the fd is still the side's: side_close() closes it). */
 int side_open(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls);
 
+/* The same as the client of a TLS session (tls not NULL; the context
+ * verifies the peer), sending host as SNI and requiring it in the
+ * server's certificate; side_handshake() then runs the client side. */
+int side_open_client(struct side *s, struct ev_loop *loop, int fd,
+                     SSL_CTX *tls, const char *host);
+
 /*
  * Read up to cap bytes into p. IO_OK with *n > 0; IO_AGAIN (would block;
  * with TLS possibly because the socket must become writable:

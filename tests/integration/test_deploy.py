@@ -430,7 +430,7 @@ def test_dockerfile_structure():
     run = " ".join(line for line in runtime if line.startswith("RUN "))
     assert "-dev" not in run and "gcc" not in run and "make" not in run
     for lib in ("libssl3", "libev4", "libpcre2-8-0", "libinih1",
-                "libjansson4"):
+                "libjansson4", "libhiredis0.14"):
         assert lib in run
     user = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert user and re.fullmatch(r"[1-9]\d*:[1-9]\d*", user[-1]), user
