@@ -1508,12 +1508,10 @@ validate_tls(struct loader *l)
                 }
             }
         }
-    } else if (c->tls_client_verify != VERIFY_OFF) {
-        i = option_index("tls", "client_verify");
-        where_option(l, i, NULL, where, sizeof where);
-        report(l, where, "[tls] client_verify: requires [tls] enabled = "
-               "yes");
     }
+    /* With TLS off the other [tls] keys are not used, but still checked
+     * for consistency: wsguard --healthcheck loads the real file with
+     * enabled forced off. */
     if (c->tls_client_verify != VERIFY_OFF && c->tls_client_ca == NULL) {
         i = option_index("tls", "client_verify");
         where_option(l, i, NULL, where, sizeof where);
