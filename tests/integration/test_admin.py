@@ -590,6 +590,26 @@ def test_healthcheck_ok_against_a_running_wsguard(wsguard_factory, backend):
     assert adm.value("wsguard_connections_accepted_total") == 0
 
 
+def test_healthcheck_as_a_non_root_user(wsguard_factory, backend, certs):
+    """As the container runs it: an unprivileged user, configuration from
+    the environment, a key file it cannot read (it needs none)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    wsg, adm = start_admin(wsguard_factory, backend.url)
+    binary = os.path.abspath(wsguard_bin())
+    env = clean_env({"WSGUARD_ADMIN_LISTEN": "127.0.0.1:%d" % adm.port,
+                     "WSGUARD_TLS_CERT": certs.cert, "WSGUARD_TLS_KEY": certs.key})
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary,
+           "--healthcheck"]
+    r = subprocess.run(cmd, env=env, cwd="/", capture_output=True, text=True, timeout=30)
+    if "Permission denied" in r.stderr and "setpriv" in r.stderr:
+        pytest.skip("the binary is not reachable by nobody: %s" % r.stderr)
+    assert r.returncode == 0, r
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "id", "-u"], capture_output=True, text=True)
+    assert r.stdout.strip() == "65534"
+
+
 def test_healthcheck_fails_when_nothing_listens(wsguard_factory, backend):
     wsg = wsguard_factory(backend.url)
     s = socket.socket()
