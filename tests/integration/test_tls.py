@@ -593,3 +593,31 @@ def test_sighup_with_a_broken_file_keeps_the_old_certificates(
     assert any(m.startswith(want) for m in msgs), msgs
     assert served_cert(wsg, pki, "a.example") == pki.a.der
     assert upgrade(wsg, client_ctx(pki), "a.example") == 101
+
+
+def test_resumed_session_keeps_its_identity_until_a_reload(
+        wsguard_factory, backend, pki):
+    """A TLS session resumed from a ticket carries the certificate of its
+    first handshake (the header is still sent); after SIGHUP the old
+    tickets no longer resume, so the client is verified again."""
+    wsg = mtls(wsguard_factory, backend, pki, "required")
+    ctx = client_ctx(pki, pki.alice_file)
+
+    def once(session=None):
+        with socket.create_connection((wsg.host, wsg.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost",
+                                 session=session) as s:
+                s.sendall(upgrade_head(wsg))
+                status, _, _ = read_head(s)
+                return status, s.session, s.session_reused
+
+    status, sess, reused = once()
+    assert status == 101 and not reused
+    status, _, reused = once(sess)
+    assert status == 101 and reused
+    recs = opens_with(backend, 2)
+    for rec in recs:
+        assert header_values(rec, HEADER) == [alice_identity(pki)], rec
+    sighup(wsg)
+    status, _, reused = once(sess)
+    assert status == 101 and not reused
