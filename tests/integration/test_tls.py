@@ -389,7 +389,11 @@ def alice_identity(pki):
 @pytest.mark.parametrize("tls12", [False, True], ids=["tls13", "tls12"])
 def test_required_refuses_without_a_good_certificate(wsguard_factory,
                                                      backend, pki, tls12):
-    wsg = mtls(wsguard_factory, backend, pki, "required")
+    from admintools import start_admin
+    wsg, adm = start_admin(
+        wsguard_factory, backend.url, TLS_CERT=pki.default_file,
+        TLS_KEY=pki.default_file, TLS_CLIENT_CA=pki.cli_ca_file,
+        TLS_CLIENT_VERIFY="required", TLS_FORWARD_CLIENT_CERT=HEADER)
     cases = [
         (None, MISSING),
         (pki.mallory_file, NOT_TRUSTED),
@@ -407,6 +411,9 @@ def test_required_refuses_without_a_good_certificate(wsguard_factory,
     recs = [r for r in wsg.access_log() if r.get("event") == "reject"]
     assert len(recs) == len(cases), recs
     assert all(r.get("status", 0) == 0 for r in recs), recs
+    # Counted as TLS refusals.
+    assert adm.wait_metric("wsguard_rejections_total", {"reason": "tls"},
+                           len(cases)) == len(cases)
 
     # The good one gets through, and the backend learns who it is.
     r = upgrade(wsg, client_ctx(pki, pki.alice_file, tls12=tls12))
