@@ -145,6 +145,8 @@ static struct {
 } sh = { .lock = PTHREAD_MUTEX_INITIALIZER, .last_result = -1 };
 
 static atomic_int draining;
+static admin_ready_fn ready_check;  /* set before the thread starts */
+static int is_ready(char *why, size_t cap);
 
 /* Admin thread's own state. */
 static int lfd = -1;                /* listening socket */
@@ -630,6 +632,12 @@ render_metrics(struct sbuf *b, const struct totals *t)
                 "else 0.");
     prom_u64(b, "wsguard_draining", (uint64_t)atomic_load(&draining));
 
+    char why[128];
+    prom_family(b, "wsguard_ready", "gauge",
+                "1 while new connections are accepted (/readyz 200), "
+                "else 0.");
+    prom_u64(b, "wsguard_ready", (uint64_t)is_ready(why, sizeof why));
+
     prom_family(b, "wsguard_config_generation", "gauge",
                 "Configuration in force: 1 at start, +1 per successful "
                 "reload.");
@@ -806,7 +814,10 @@ render_status_json(struct sbuf *b, const struct totals *t)
     json_object_set_new(j, "started", jint((uint64_t)start_wall));
     json_object_set_new(j, "uptime_seconds",
                         jint((uint64_t)(now.tv_sec - start_wall)));
-    json_object_set_new(j, "ready", json_boolean(!atomic_load(&draining)));
+    char why[128] = "";
+    int ready = is_ready(why, sizeof why);
+    json_object_set_new(j, "ready", json_boolean(ready));
+    json_object_set_new(j, "not_ready_reason", ready ? json_null() : jstr(why));
     json_object_set_new(j, "draining", json_boolean(atomic_load(&draining)));
     json_object_set_new(j, "workers", jint(nwks));
 
@@ -1009,8 +1020,9 @@ static const char status_script[] =
     "  $(\"uptime\").textContent = dur(j.uptime_seconds);\n"
     "  $(\"generation\").textContent = j.config.generation;\n"
     "  const st = $(\"state\");\n"
-    "  st.textContent = j.draining ? \"draining\" : \"ready\";\n"
-    "  st.className = j.draining ? \"tag bad\" : \"tag\";\n"
+    "  st.textContent = j.ready ? \"ready\" : j.draining ? \"draining\"\n"
+    "    : \"not ready: \" + j.not_ready_reason;\n"
+    "  st.className = j.ready ? \"tag\" : \"tag bad\";\n"
     "  const c = j.config;\n"
     "  $(\"reload\").textContent = c.last_reload === \"none\" ? \"none since start\"\n"
     "    : c.last_reload + \" at \" + when(c.last_reload_at) +\n"
@@ -1300,9 +1312,11 @@ serve(struct aconn *c, const struct http_request *req)
     } else if (target_is(path, plen, "/healthz")) {
         respond_text(c, 200, "ok\n", NULL, head);
     } else if (target_is(path, plen, "/readyz")) {
-        if (atomic_load(&draining)) {
+        char why[128] = "", text[140];
+        if (!is_ready(why, sizeof why)) {
             status = 503;
-            respond_text(c, 503, "draining\n", NULL, head);
+            snprintf(text, sizeof text, "%s\n", why);
+            respond_text(c, 503, text, NULL, head);
         } else {
             respond_text(c, 200, "ready\n", NULL, head);
         }
@@ -1648,6 +1662,25 @@ admin_reload_failed(const char *why)
     sh.last_result = 0;
     snprintf(sh.last_error, sizeof sh.last_error, "%s", why);
     pthread_mutex_unlock(&sh.lock);
+}
+
+void
+admin_set_ready_check(admin_ready_fn fn)
+{
+    ready_check = fn;
+}
+
+/* 1 when new connections are welcome, else 0 with the reason in why. */
+static int
+is_ready(char *why, size_t cap)
+{
+    if (atomic_load(&draining)) {
+        snprintf(why, cap, "draining");
+        return 0;
+    }
+    if (ready_check != NULL && !ready_check(why, cap))
+        return 0;
+    return 1;
 }
 
 void

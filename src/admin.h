@@ -55,6 +55,14 @@ void admin_reload_failed(const char *why);
  * close. */
 void admin_draining(void);
 
+/* A readiness condition besides the drain, for a dependency such as the
+ * coming Redis cluster mode (on_error = closed): fn is called on the
+ * admin thread for each /readyz and /status.json, must not block, and
+ * returns 1 when ready, else 0 with a short reason in why (then /readyz
+ * is 503 with that reason). Set it before admin_start(); NULL = none. */
+typedef int (*admin_ready_fn)(char *why, size_t cap);
+void admin_set_ready_check(admin_ready_fn fn);
+
 /* Stop the thread, close the listener and drop the snapshot. */
 void admin_stop(void);
 

@@ -351,6 +351,26 @@ healthcheck(void)
     return rc;
 }
 
+/* A start that fails before any thread runs: release what was built
+ * (the sockets close with the process), so that a sanitizer build sees
+ * no leak, and return the exit status. */
+static int
+start_failed(struct runtime *rt, struct config *keep)
+{
+    admin_stop();
+    for (unsigned i = 0; workers != NULL && i < nworkers; i++) {
+        free(workers[i].lfds);
+        free(workers[i].accept_w);
+    }
+    free(workers);
+    workers = NULL;
+    iplimit_free(runtime_iplimit);
+    runtime_iplimit = NULL;
+    runtime_unref(rt);
+    config_unref(keep);
+    return 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -439,16 +459,16 @@ main(int argc, char **argv)
     if (workers == NULL ||
         workers_listen(workers, nworkers, keep, err, sizeof err) != 0) {
         log_error("%s", workers ? err : "out of memory");
-        return 1;
+        return start_failed(rt, keep);
     }
     if (admin_listen(keep, err, sizeof err) != 0) {
         log_error("%s", err);
-        return 1;
+        return start_failed(rt, keep);
     }
     /* Every socket is bound and every key read: root is not needed any
      * more (and no thread has started yet). */
     if (drop_privileges(keep) != 0)
-        return 1;
+        return start_failed(rt, keep);
     running = config_ref(keep);
 
     main_loop = ev_default_loop(0);

@@ -327,6 +327,7 @@ def test_readyz_flips_at_sigterm_while_sessions_drain(wsguard_factory, backend):
     new upgrades are refused."""
     wsg, adm = start_admin(wsguard_factory, backend.url, SERVER_DRAIN_TIMEOUT="4s")
     assert adm.get("/readyz")[:1] == (200,)
+    assert adm.value("wsguard_ready") == 1 and adm.value("wsguard_draining") == 0
     assert adm.get("/healthz")[0] == 200
     out = {}
 
@@ -346,7 +347,9 @@ def test_readyz_flips_at_sigterm_while_sessions_drain(wsguard_factory, backend):
             out["readyz_body"] = body
             out["alive"] = wsg.alive()
             out["healthz"] = (await asyncio.to_thread(adm.get, "/healthz"))[0]
-            out["draining"] = (await asyncio.to_thread(adm.metrics)).value("wsguard_draining")
+            exp = await asyncio.to_thread(adm.metrics)
+            out["draining"] = exp.value("wsguard_draining")
+            out["ready"] = exp.value("wsguard_ready")
             out["status"] = await asyncio.to_thread(adm.status)
             # The session still works during the drain.
             await ws.send("b")
@@ -359,8 +362,9 @@ def test_readyz_flips_at_sigterm_while_sessions_drain(wsguard_factory, backend):
     run(scenario(), timeout=30)
     assert out["alive"] and out["healthz"] == 200, out
     assert out["readyz_body"] == b"draining\n", out
-    assert out["draining"] == 1, out
+    assert out["draining"] == 1 and out["ready"] == 0, out
     assert out["status"]["ready"] is False and out["status"]["draining"] is True
+    assert out["status"]["not_ready_reason"] == "draining"
     assert out["echo"] == "b"
     assert out["close"] == 1001, out
     wsg.stop()
