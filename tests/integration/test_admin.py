@@ -729,3 +729,13 @@ def test_grafana_dashboard_queries_real_metrics(wsguard_factory, backend):
         if p.get("type") == "row":
             continue
         assert p["datasource"]["uid"] == "${datasource}", p.get("title")
+
+
+def test_operations_md_documents_every_metric(wsguard_factory, backend):
+    """docs/operations.md's metrics table and a real /metrics answer name
+    the same families."""
+    doc = (REPO / "docs/operations.md").read_text()
+    documented = set(re.findall(r"^\| `(wsguard_[a-z_]+)` \|", doc, re.M))
+    wsg, adm = start_admin(wsguard_factory, backend.url)
+    exposed = set(adm.metrics().families)
+    assert documented == exposed, (sorted(documented - exposed), sorted(exposed - documented))
