@@ -924,8 +924,9 @@ render_status_json(struct sbuf *b, const struct totals *t)
         json_object_set_new(o, "connects_ok", jint(be->ok));
         json_object_set_new(o, "connects_failed", jint(be->failed));
         json_object_set_new(o, "last_error",
-                            be->last_errno ? json_string(strerror(be->last_errno))
-                                           : json_null());
+                            be->last_errno
+                                ? json_string(strerror(be->last_errno))
+                                : json_null());
         json_array_append_new(a, o);
     }
     json_object_set_new(j, "backends", a);
@@ -964,7 +965,8 @@ static const char status_style[] =
     "padding:.4em .8em;min-width:8em}"
     ".cards b{display:block;font-size:1.5em;font-variant-numeric:tabular-nums}"
     ".cards span{color:#666;font-size:.85em}"
-    ".grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(22em,1fr));"
+    ".grid{display:grid;"
+    "grid-template-columns:repeat(auto-fit,minmax(22em,1fr));"
     "gap:0 2em}"
     "table{border-collapse:collapse;background:#fff;width:100%}"
     "th,td{border:1px solid #ddd;padding:.15em .5em;text-align:left}"
@@ -998,7 +1000,8 @@ static const char status_script[] =
     "  tb.replaceChildren();\n"
     "  if (rows.length === 0) {\n"
     "    const tr = tb.insertRow(), td = tr.insertCell();\n"
-    "    td.colSpan = cols; td.className = \"none\"; td.textContent = \"none\";\n"
+    "    td.colSpan = cols; td.className = \"none\";"
+    " td.textContent = \"none\";\n"
     "  }\n"
     "  for (const r of rows) {\n"
     "    const tr = tb.insertRow();\n"
@@ -1024,10 +1027,13 @@ static const char status_script[] =
     "    : \"not ready: \" + j.not_ready_reason;\n"
     "  st.className = j.ready ? \"tag\" : \"tag bad\";\n"
     "  const c = j.config;\n"
-    "  $(\"reload\").textContent = c.last_reload === \"none\" ? \"none since start\"\n"
+    "  $(\"reload\").textContent = c.last_reload === \"none\""
+    " ? \"none since start\"\n"
     "    : c.last_reload + \" at \" + when(c.last_reload_at) +\n"
-    "      (c.last_reload_error ? \" (\" + c.last_reload_error + \")\" : \"\");\n"
-    "  $(\"reload\").className = c.last_reload === \"failure\" ? \"down\" : \"\";\n"
+    "      (c.last_reload_error ? \" (\" + c.last_reload_error + \")\""
+    " : \"\");\n"
+    "  $(\"reload\").className = c.last_reload === \"failure\""
+    " ? \"down\" : \"\";\n"
     "  for (const el of document.querySelectorAll(\"b[data-k]\"))\n"
     "    el.textContent = String(get(j, el.dataset.k));\n"
     "  $(\"bytes_in\").textContent = bytes(j.bytes.in);\n"
@@ -1037,7 +1043,8 @@ static const char status_script[] =
     "    \" ms\" : \"-\";\n"
     "  if (prev && j.now > prev.now) {\n"
     "    const dt = j.now - prev.now;\n"
-    "    const hs = (j.connections.sessions - prev.connections.sessions) / dt;\n"
+    "    const hs = (j.connections.sessions -"
+    " prev.connections.sessions) / dt;\n"
     "    const ms = (j.messages.in + j.messages.out - prev.messages.in -\n"
     "                prev.messages.out) / dt;\n"
     "    $(\"hs_rate\").textContent = hs.toFixed(1);\n"
@@ -1255,9 +1262,9 @@ status_reason(int status)
     }
 }
 
-/* Put a complete answer into c->out. body may be NULL (then text is used
- * as a one-line text/plain body); head_only leaves the body out (HEAD)
- * but keeps its Content-Length. */
+/* Put a complete answer into c->out: status line, headers (extra: more
+ * header lines, each ending in CRLF, or NULL) and body[0..blen);
+ * head_only leaves the body out (HEAD) but keeps its Content-Length. */
 static void
 respond(struct aconn *c, int status, const char *ctype, const char *extra,
         const char *body, size_t blen, int head_only)
@@ -1294,7 +1301,8 @@ target_is(const char *path, size_t len, const char *lit)
 static void
 serve(struct aconn *c, const struct http_request *req)
 {
-    int head = http_eq(req->method, req->method_len, "HEAD");
+    /* Method names are case-sensitive (RFC 9110 §9.1): "get" is 405. */
+    int head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
     const char *path = req->target;
     size_t plen = req->target_len;
     const char *q = memchr(path, '?', plen);
@@ -1304,8 +1312,8 @@ serve(struct aconn *c, const struct http_request *req)
 
     if (q != NULL)
         plen = (size_t)(q - path);
-    /* Method names are case-sensitive (RFC 9110 §9.1). */
-    if (!head && !(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0)) {
+    if (!head &&
+        !(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0)) {
         respond_text(c, 405, "method not allowed: GET or HEAD\n",
                      "Allow: GET, HEAD\r\n", 0);
         status = 405;

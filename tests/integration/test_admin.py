@@ -393,7 +393,7 @@ def test_not_found_method_and_bad_requests(wsguard_factory, backend):
         assert st == 404, (path, st)
         assert hdrs["connection"] == "close"
     assert adm.get("/metrics?x=1")[0] == 200
-    for method in ("POST", "PUT", "DELETE", "OPTIONS", "get", "TRACE"):
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "get", "head", "TRACE"):
         st, hdrs, _ = adm.get("/metrics", method=method)
         assert st == 405, (method, st)
         assert hdrs["allow"] == "GET, HEAD"
