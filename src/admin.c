@@ -40,6 +40,7 @@
 #include "http.h"
 #include "log.h"
 #include "netaddr.h"
+#include "revoke.h"
 #include "runtime.h"
 #include "stats.h"
 #include "worker.h"
@@ -354,6 +355,12 @@ struct totals {
     struct histo_total handshake, be_connect;
     uint64_t reloads[2];
     uint64_t log_dropped;
+    /* cluster mode */
+    int cluster;                /* enabled */
+    unsigned cluster_up;        /* workers connected to Redis */
+    uint64_t cluster_errors;
+    struct histo_total cluster_rtt;
+    uint64_t revoked;           /* revocations in the table */
     struct route_total *routes;
     size_t nroutes;
     struct backend_total *backends;
@@ -512,6 +519,9 @@ totals_read(struct totals *t)
                 t->closes[i][b] += stats_get(&st->closes[i][b]);
         histo_read(&t->handshake, &st->handshake);
         histo_read(&t->be_connect, &st->be_connect);
+        histo_read(&t->cluster_rtt, &st->cluster_rtt);
+        t->cluster_up += stats_get(&st->cluster_up) != 0;
+        t->cluster_errors += stats_get(&st->cluster_errors);
         for (unsigned i = 0; i < n && i < STATS_ROUTES; i++) {
             struct route_total *r = route_slot(t, st->routes[i].name, cap);
             if (r == NULL)
@@ -525,6 +535,9 @@ totals_read(struct totals *t)
         t->rejected_all += t->rejected[i];
     histo_cumulate(&t->handshake);
     histo_cumulate(&t->be_connect);
+    histo_cumulate(&t->cluster_rtt);
+    t->cluster = nwks > 0 && wks[0].cluster != NULL;
+    t->revoked = revoked_count();
     t->reloads[0] = stats_get(&stats_reloads[0]);
     t->reloads[1] = stats_get(&stats_reloads[1]);
     t->log_dropped = log_dropped();
@@ -766,6 +779,26 @@ render_metrics(struct sbuf *b, const struct totals *t)
     prom_family(b, "wsguard_log_dropped_total", "counter",
                 "Log lines dropped because the log could not keep up.");
     prom_u64(b, "wsguard_log_dropped_total", t->log_dropped);
+
+    prom_family(b, "wsguard_cluster_enabled", "gauge",
+                "1 in cluster mode ([cluster] redis set), else 0.");
+    prom_u64(b, "wsguard_cluster_enabled", (uint64_t)t->cluster);
+    prom_family(b, "wsguard_cluster_up", "gauge",
+                "1 while every worker's Redis connection is up (cluster "
+                "mode), else 0.");
+    prom_u64(b, "wsguard_cluster_up",
+             t->cluster && t->cluster_up == nwks ? 1 : 0);
+    prom_family(b, "wsguard_cluster_errors_total", "counter",
+                "Redis failures: commands that failed or timed out, "
+                "connections lost, upgrades that could not ask Redis.");
+    prom_u64(b, "wsguard_cluster_errors_total", t->cluster_errors);
+    prom_histo(b, "wsguard_cluster_roundtrip_seconds",
+               "From sending a Redis command to its reply.",
+               &t->cluster_rtt);
+    prom_family(b, "wsguard_revocations_in_force", "gauge",
+                "Revocations (sub, jti, client address) in this process's "
+                "table, expired ones included until purged.");
+    prom_u64(b, "wsguard_revocations_in_force", t->revoked);
 }
 
 /* ------------------------------------------------------------------ */
@@ -933,6 +966,25 @@ render_status_json(struct sbuf *b, const struct totals *t)
 
     json_object_set_new(j, "log_dropped", jint(t->log_dropped));
 
+    o = json_object();
+    json_object_set_new(o, "enabled", json_boolean(t->cluster));
+    json_object_set_new(o, "up", json_boolean(t->cluster &&
+                                              t->cluster_up == nwks));
+    json_object_set_new(o, "workers_connected", jint(t->cluster_up));
+    json_object_set_new(o, "errors", jint(t->cluster_errors));
+    json_object_set_new(o, "roundtrips", jint(t->cluster_rtt.bucket[
+                                                  HISTO_BUCKETS - 1]));
+    json_object_set_new(o, "revocations_in_force", jint(t->revoked));
+    if (t->cluster) {
+        const struct cluster *cl = wks[0].cluster;
+        json_object_set_new(o, "redis", jstr(cl->target.host));
+        json_object_set_new(o, "on_error", json_string(cl->fail_closed
+                                                           ? "closed"
+                                                           : "open"));
+        json_object_set_new(o, "replica", json_string(cl->replica));
+    }
+    json_object_set_new(j, "cluster", o);
+
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (s == NULL) {
@@ -1021,6 +1073,11 @@ static const char status_script[] =
     "    (j.workers === 1 ? \" worker\" : \" workers\");\n"
     "  $(\"file\").textContent = j.config.file || \"environment only\";\n"
     "  $(\"uptime\").textContent = dur(j.uptime_seconds);\n"
+    "  const cl = j.cluster;\n"
+    "  $(\"cluster\").textContent = !cl.enabled ? \"off\"\n"
+    "    : (cl.up ? \"up\" : \"down\") + \" (\" + cl.redis + \", on_error \" +\n"
+    "      cl.on_error + \")\";\n"
+    "  $(\"cluster\").className = cl.enabled && !cl.up ? \"down\" : \"\";\n"
     "  $(\"generation\").textContent = j.config.generation;\n"
     "  const st = $(\"state\");\n"
     "  st.textContent = j.ready ? \"ready\" : j.draining ? \"draining\"\n"
@@ -1101,6 +1158,7 @@ static const char status_body[] =
     " (<span id=\"file\">-</span>)"
     " &middot; last reload: <span id=\"reload\">-</span>"
     " &middot; <span id=\"workers\">-</span>"
+    " &middot; cluster <span id=\"cluster\">-</span>"
     " &middot; OpenSSL <span id=\"openssl\">-</span></p>\n"
     "<p id=\"err\" class=\"err\"></p></header>\n"
     "<section class=\"cards\">\n"
@@ -1117,6 +1175,8 @@ static const char status_body[] =
     "<div><b id=\"bytes_out\">-</b><span>bytes out</span></div>\n"
     "<div><b data-k=\"log_dropped\">-</b><span>log lines "
     "dropped</span></div>\n"
+    "<div><b data-k=\"cluster.revocations_in_force\">-</b><span>"
+    "revocations in force</span></div>\n"
     "</section>\n<div class=\"grid\">\n"
     "<section><h2>Routes</h2><table><thead><tr><th>route</th>"
     "<th>open sessions</th><th>sessions</th></tr></thead>"
@@ -1189,7 +1249,8 @@ render_status_page(struct sbuf *b)
 /* Connections                                                         */
 
 enum aconn_state {
-    AC_READ = 0,                /* reading the request head */
+    AC_READ = 0,                /* reading the request head (and body) */
+    AC_WAIT,                    /* POST /revoke: the workers apply it */
     AC_WRITE,                   /* writing the answer */
     AC_LINGER,                  /* written, write side shut: await EOF */
 };
@@ -1202,6 +1263,9 @@ struct aconn {
     ev_timer timer;
     char *in;                   /* ADMIN_HEAD_MAX bytes (served only) */
     size_t inlen;
+    size_t need;                /* head + body length once the head of a
+                                   request with a body is in; else 0 */
+    struct revoke_job *job;     /* AC_WAIT: the revocation being applied */
     struct sbuf out;
     size_t outpos;
     char peer[INET6_ADDRSTRLEN + 8];
@@ -1217,6 +1281,8 @@ static void aconn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void
 aconn_free(struct aconn *c)
 {
+    if (c->job != NULL)
+        c->job->priv = NULL;    /* answered to nobody; freed when done */
     ev_io_stop(aloop, &c->io);
     ev_timer_stop(aloop, &c->timer);
     close(c->fd);
@@ -1255,7 +1321,10 @@ status_reason(int status)
     case 400: return "Bad Request";
     case 403: return "Forbidden";
     case 404: return "Not Found";
+    case 202: return "Accepted";
     case 405: return "Method Not Allowed";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     default: return "Service Unavailable";
@@ -1312,7 +1381,11 @@ serve(struct aconn *c, const struct http_request *req)
 
     if (q != NULL)
         plen = (size_t)(q - path);
-    if (!head &&
+    if (target_is(path, plen, "/revoke")) {
+        status = 405;
+        respond_text(c, 405, "method not allowed: POST\n", "Allow: POST\r\n",
+                     head);
+    } else if (!head &&
         !(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0)) {
         respond_text(c, 405, "method not allowed: GET or HEAD\n",
                      "Allow: GET, HEAD\r\n", 0);
@@ -1366,7 +1439,7 @@ serve(struct aconn *c, const struct http_request *req)
     } else {
         status = 404;
         respond_text(c, 404, "not found: /metrics /healthz /readyz /status "
-                     "/status.json\n", NULL, head);
+                     "/status.json /revoke\n", NULL, head);
     }
     free(body.p);
     log_debug("admin: %s %.*s %.*s -> %d", c->peer, (int)req->method_len,
@@ -1407,6 +1480,47 @@ aconn_write(struct aconn *c)
     aconn_arm(c, AC_LINGER, EV_READ, ADMIN_LINGER);
 }
 
+/* A POST's body length from Content-Length: the length, -1 malformed or
+ * a body this endpoint does not take (Transfer-Encoding), -2 missing. */
+static long
+body_length(const struct http_request *req)
+{
+    size_t n = 0;
+    const struct http_header *h;
+
+    if (http_find(req->headers, req->nheaders, "transfer-encoding", NULL))
+        return -1;
+    h = http_find(req->headers, req->nheaders, "content-length", &n);
+    if (h == NULL)
+        return -2;
+    if (n != 1 || h->value_len == 0 || h->value_len > 6)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < h->value_len; i++) {
+        if (h->value[i] < '0' || h->value[i] > '9')
+            return -1;
+        v = v * 10 + (h->value[i] - '0');
+    }
+    return v;
+}
+
+static int
+is_post(const struct http_request *req)
+{
+    return req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
+}
+
+static int
+is_revoke(const struct http_request *req)
+{
+    const char *q = memchr(req->target, '?', req->target_len);
+    size_t n = q ? (size_t)(q - req->target) : req->target_len;
+
+    return target_is(req->target, n, "/revoke");
+}
+
+static void revoke_start(struct aconn *c, const char *body, size_t len);
+
 static void
 aconn_read(struct aconn *c)
 {
@@ -1415,8 +1529,8 @@ aconn_read(struct aconn *c)
 
     for (;;) {
         size_t last = c->inlen;
-        ssize_t n = recv(c->fd, c->in + c->inlen, ADMIN_HEAD_MAX - c->inlen,
-                         0);
+        size_t room = (c->need ? c->need : ADMIN_HEAD_MAX) - c->inlen;
+        ssize_t n = recv(c->fd, c->in + c->inlen, room, 0);
         if (n == -1 && errno == EINTR)
             continue;
         if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -1426,22 +1540,144 @@ aconn_read(struct aconn *c)
             return;
         }
         c->inlen += (size_t)n;
+        if (c->need && c->inlen < c->need)
+            continue;           /* the rest of the body */
         memset(&req, 0, sizeof req);
         req.headers = hdrs;
         req.nheaders = ADMIN_MAX_HEADERS;
-        int r = http_parse_request(c->in, c->inlen, last, &req);
+        /* Once the head was complete, the body is behind it: parse the
+         * head again from its start. */
+        int r = http_parse_request(c->in, c->inlen, c->need ? 0 : last,
+                                   &req);
         if (r == HTTP_INCOMPLETE && c->inlen < ADMIN_HEAD_MAX)
             continue;
-        if (r > 0)
+        if (r > 0 && is_post(&req) && is_revoke(&req)) {
+            long blen = body_length(&req);
+            if (blen == -2) {
+                respond_text(c, 411, "Content-Length required\n", NULL, 0);
+            } else if (blen < 0) {
+                respond_text(c, 400, "bad Content-Length (chunked bodies "
+                             "are not taken)\n", NULL, 0);
+            } else if ((size_t)r + (size_t)blen > ADMIN_HEAD_MAX) {
+                respond_text(c, 413, "body too large\n", NULL, 0);
+            } else if (c->inlen < (size_t)r + (size_t)blen) {
+                c->need = (size_t)r + (size_t)blen;
+                continue;
+            } else {
+                revoke_start(c, c->in + r, (size_t)blen);
+                if (c->state == AC_WAIT)
+                    return;     /* answered when the workers are done */
+            }
+        } else if (r > 0) {
             serve(c, &req);
-        else if (r == HTTP_ERROR)
+        } else if (r == HTTP_ERROR) {
             respond_text(c, 400, "bad request\n", NULL, 0);
-        else        /* too large, or too many header lines */
+        } else {    /* too large, or too many header lines */
             respond_text(c, 431, "request head too large\n", NULL, 0);
+        }
         if (r <= 0)
             log_debug("admin: %s -> %d", c->peer, r == HTTP_ERROR ? 400 : 431);
         aconn_write(c);
         return;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* POST /revoke                                                        */
+
+/* Jobs the workers have finished, for the admin thread to answer. */
+static pthread_mutex_t revoke_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct revoke_job *revoke_finished;
+static ev_async revoke_w;
+
+/* The last worker is done with a job (on its thread). */
+static void
+revoke_done(struct revoke_job *job)
+{
+    pthread_mutex_lock(&revoke_lock);
+    job->link = revoke_finished;
+    revoke_finished = job;
+    pthread_mutex_unlock(&revoke_lock);
+    ev_async_send(aloop, &revoke_w);
+}
+
+static void
+revoke_answer_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    struct revoke_job *job, *next;
+
+    pthread_mutex_lock(&revoke_lock);
+    job = revoke_finished;
+    revoke_finished = NULL;
+    pthread_mutex_unlock(&revoke_lock);
+    for (; job != NULL; job = next) {
+        struct aconn *c = job->priv;
+        unsigned closed = atomic_load(&job->closed);
+        int published = atomic_load(&job->published);
+        char body[96];
+
+        next = job->link;
+        log_info("revoked %s %s (ttl %llu s) from the admin listener: %u "
+                 "sessions closed here%s", revoke_key[job->rv.kind],
+                 job->rv.value, (unsigned long long)(job->rv.ttl_ms / 1000),
+                 closed, job->publish ? (published ? ", published to the "
+                                                    "cluster"
+                                                  : ", NOT published: Redis "
+                                                    "is unreachable")
+                                      : "");
+        if (c != NULL) {
+            c->job = NULL;
+            snprintf(body, sizeof body, "{\"closed\": %u, \"published\": "
+                     "%s}\n", closed, published ? "true" : "false");
+            respond(c, 202, "application/json", NULL, body, strlen(body), 0);
+            aconn_write(c);
+        }
+        free(job);
+    }
+}
+
+/* Parse the revocation, have every worker apply it (the answer comes
+ * from revoke_answer_cb), or answer the error now. */
+static void
+revoke_start(struct aconn *c, const char *body, size_t len)
+{
+    struct revocation rv;
+    struct revoke_job *job;
+    char err[160], text[200];
+    uint64_t ttl;
+
+    pthread_mutex_lock(&sh.lock);
+    ttl = sh.rt->cfg->cluster_revoke_ttl_ms;
+    pthread_mutex_unlock(&sh.lock);
+    if (revocation_parse(body, len, ttl, &rv, err, sizeof err) != 0) {
+        snprintf(text, sizeof text, "bad revocation: %s\n", err);
+        respond_text(c, 400, text, NULL, 0);
+        log_info("admin: %s POST /revoke refused: %s", c->peer, err);
+        return;
+    }
+    if ((job = revoke_job_new(nwks)) == NULL) {
+        respond_text(c, 503, "out of memory\n", NULL, 0);
+        return;
+    }
+    job->rv = rv;
+    job->publish = nwks > 0 && wks[0].cluster != NULL;
+    job->done = revoke_done;
+    job->priv = c;
+    c->job = job;
+    c->state = AC_WAIT;
+    ev_io_stop(aloop, &c->io);
+    ev_timer_stop(aloop, &c->timer);
+    ev_timer_set(&c->timer, ADMIN_WRITE_TIMEOUT, 0);
+    ev_timer_start(aloop, &c->timer);
+    if (workers_revoke(wks, nwks, job, ev_time()) != 0) {
+        c->job = NULL;
+        free(job);
+        respond_text(c, 503, "revocation not applied: the table is full "
+                     "or too many revocations are in flight\n", NULL, 0);
+        log_error("admin: revocation of %s %s not applied: the revocation "
+                  "table is full (%d in force) or too many are in flight",
+                  revoke_key[rv.kind], rv.value, REVOKE_MAX);
+        c->state = AC_READ;
     }
 }
 
@@ -1459,6 +1695,8 @@ aconn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     case AC_WRITE:
         aconn_write(c);
         break;
+    case AC_WAIT:
+        break;                  /* not watched */
     case AC_LINGER:
         do
             n = recv(c->fd, sink, sizeof sink, 0);
@@ -1623,6 +1861,8 @@ admin_start(struct worker *ws, unsigned n, struct runtime *rt,
     ev_init(&accept_pause, accept_pause_cb);
     ev_async_init(&stop_w, stop_cb);
     ev_async_start(aloop, &stop_w);
+    ev_async_init(&revoke_w, revoke_answer_cb);
+    ev_async_start(aloop, &revoke_w);
     if (pthread_create(&athread, NULL, admin_main, NULL) != 0) {
         log_error("admin: cannot start its thread");
         return -1;
@@ -1707,6 +1947,14 @@ admin_stop(void)
         aloop = NULL;
         started = 0;
     }
+    /* Revocations finished after the thread stopped (the workers are
+     * joined before this: none is pending). */
+    for (struct revoke_job *j = revoke_finished, *next; j != NULL;
+         j = next) {
+        next = j->link;
+        free(j);
+    }
+    revoke_finished = NULL;
     if (lfd != -1) {
         close(lfd);
         lfd = -1;

@@ -598,8 +598,37 @@ config_check_access_log(const char *v, char *err, size_t errlen)
 int
 config_check_redis(const char *v, char *err, size_t errlen)
 {
-    if (v[0] != '\0' && strncmp(v, "redis://", 8) != 0) {
-        snprintf(err, errlen, "must be redis://HOST:PORT[/DB]");
+    const char *h;
+
+    if (v[0] == '\0')
+        return 0;
+    if (strncmp(v, "redis://", 8) == 0)
+        h = v + 8;
+    else if (strncmp(v, "rediss://", 9) == 0)
+        h = v + 9;
+    else
+        h = NULL;
+    if (h != NULL && strchr(h, '@') != NULL)
+        h = strchr(h, '@') + 1;
+    if (h == NULL || *h == '\0' || *h == ':' || *h == '/') {
+        snprintf(err, errlen, "must be redis[s]://HOST[:PORT][/DB]");
+        return -1;
+    }
+    return 0;
+}
+
+int
+config_check_key_prefix(const char *v, char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+
+    for (size_t i = 0; i < n; i++)
+        if (v[i] <= ' ' || v[i] == 0x7f) {
+            snprintf(err, errlen, "no spaces or control characters");
+            return -1;
+        }
+    if (n > 64) {
+        snprintf(err, errlen, "at most 64 bytes");
         return -1;
     }
     return 0;

@@ -147,6 +147,10 @@ struct config {
     char *cluster_key_prefix;
     bool cluster_fail_closed;   /* on_error = closed */
     uint64_t cluster_lease_ms;
+    uint64_t cluster_revoke_ttl_ms;
+    uint64_t cluster_timeout_ms;        /* per Redis command */
+    char *cluster_password_file;
+    char *cluster_ca_file;              /* rediss:// trust anchors */
 
     struct policy global;
     struct route *routes;       /* sorted by prefix length, longest first */

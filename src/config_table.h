@@ -79,6 +79,7 @@ int config_check_claim(const char *v, char *err, size_t errlen);
 int config_check_listen(const char *v, char *err, size_t errlen);
 int config_check_access_log(const char *v, char *err, size_t errlen);
 int config_check_redis(const char *v, char *err, size_t errlen);
+int config_check_key_prefix(const char *v, char *err, size_t errlen);
 int config_check_header(const char *v, char *err, size_t errlen);
 
 /* Route sections themselves are not implemented yet. */
@@ -276,13 +277,21 @@ static const struct config_option config_options[] = {
       "127.0.0.1/32 ::1/128", 0, NULL, cidr_check, NULL },
 
     { "cluster", "redis", OPT_STRING, C(cluster_redis), 0, 0, NULL,
-      UN, NULL, config_check_redis, NULL },
+      0, NULL, config_check_redis, NULL },
     { "cluster", "key_prefix", OPT_STRING, C(cluster_key_prefix), 0, 0,
-      "wsguard:", UN, NULL, NULL, NULL },
+      "wsguard:", 0, NULL, config_check_key_prefix, NULL },
     { "cluster", "on_error", OPT_ENUM_BOOL, C(cluster_fail_closed), 0, 0,
-      "open", UN, opt_on_error, NULL, NULL },
+      "open", 0, opt_on_error, NULL, NULL },
     { "cluster", "lease", OPT_DURATION, C(cluster_lease_ms),
-      MS_SEC, MS_DAY, "30s", UN, NULL, NULL, NULL },
+      3 * MS_SEC, MS_DAY, "30s", 0, NULL, NULL, NULL },
+    { "cluster", "revoke_ttl", OPT_DURATION, C(cluster_revoke_ttl_ms),
+      MS_SEC, 30 * MS_DAY, "10m", 0, NULL, NULL, NULL },
+    { "cluster", "timeout", OPT_DURATION, C(cluster_timeout_ms),
+      10, 10 * MS_SEC, "500ms", 0, NULL, NULL, NULL },
+    { "cluster", "password_file", OPT_STRING, C(cluster_password_file), 0,
+      0, NULL, 0, NULL, NULL, NULL },
+    { "cluster", "ca_file", OPT_STRING, C(cluster_ca_file), 0, 0, NULL,
+      0, NULL, NULL, NULL },
 };
 #define CONFIG_NOPTIONS (sizeof config_options / sizeof config_options[0])
 

@@ -27,10 +27,12 @@
 #include <unistd.h>
 
 #include "await.h"
+#include "cluster.h"
 #include "log.h"
 #include "units.h"
 #include "policy.h"
 #include "relay.h"
+#include "revoke.h"
 #include "runtime.h"
 #include "side.h"
 #include "tls.h"
@@ -108,11 +110,14 @@ struct conn {
     char *path;                 /* normalised path, token parameters cut */
     char *origin;
     char *sub;
+    char *jti;                  /* for revocation */
 };
 
 static void conn_refuse(struct conn *c, enum refusal kind,
                         const char *reason);
 static void conn_checks(struct conn *c);
+static void conn_ask_shared(struct conn *c);
+static int conn_revoked(const struct conn *c, const struct revocation *rv);
 static void be_connect(struct conn *c);
 static void conn_req_read(struct conn *c);
 static void conn_tls_handshake(struct conn *c);
@@ -279,6 +284,11 @@ conn_keep_log_fields(struct conn *c)
         c->sub = k->sub;
         k->sub = NULL;
     }
+    if (k->jti != NULL) {
+        free(c->jti);
+        c->jti = k->jti;
+        k->jti = NULL;
+    }
 }
 
 static void
@@ -302,6 +312,9 @@ conn_free(struct conn *c)
     free(c->path);
     free(c->origin);
     free(c->sub);
+    free(c->jti);
+    if (c->cl.shared)
+        cluster_release(&w->cw, &c->cl.key);
     client_release(&c->cl);
     if (c->prev)
         c->prev->next = c->next;
@@ -439,6 +452,8 @@ conn_checks(struct conn *c)
     k->rt = c->rt;
     k->cl = &c->cl;
     k->draining = c->w->draining;
+    k->shared = c->w->cluster != NULL;
+    k->fail_closed = k->shared && c->w->cluster->fail_closed;
     switch (checks_run(k, now_of(c))) {
     case CHECK_PASS:
         c->pol = k->route.pol;
@@ -462,21 +477,56 @@ conn_checks(struct conn *c)
         }
         c->parked = 1;
         conn_set_state(c, CS_WAIT);
+        if (k->step == STEP_SHARED)
+            conn_ask_shared(c);
         break;
     }
 }
 
-void
-conn_answer(struct worker *w, uintptr_t ref)
+/* The fleet-wide count's answer is in: a slot that is not kept is given
+ * back at once, one that is kept at the connection's end. */
+static void
+conn_take_shared(struct conn *c, enum shared_answer a)
+{
+    struct checks *k = &c->hs->k;
+
+    if (a == SHARED_OK || (a == SHARED_DOWN && !k->fail_closed))
+        c->cl.shared = 1;
+    else if (a != SHARED_FAIL)
+        cluster_forget(&c->w->cw, &c->cl.key);
+    k->shared_answer = a;
+}
+
+/* Parked at STEP_SHARED: ask Redis; when it cannot be asked now, the
+ * answer is known at once (on_error decides). */
+static void
+conn_ask_shared(struct conn *c)
+{
+    struct worker *w = c->w;
+    int r = cluster_acquire(&w->cw, &c->cl.key, c->hs->k.shared_limit,
+                            await_pack(c->wait));
+
+    if (r == 0)
+        return;
+    await_resolve(&w->waits, c->wait);
+    c->parked = 0;
+    conn_take_shared(c, r == -1 ? SHARED_DOWN : SHARED_FAIL);
+    conn_checks(c);
+}
+
+int
+conn_answer_shared(struct worker *w, uintptr_t ref, enum shared_answer a)
 {
     struct conn *c = await_resolve(&w->waits, await_unpack(ref));
 
     if (c == NULL)
-        return;                 /* it went away meanwhile: ignored */
+        return 0;               /* it went away meanwhile */
     c->parked = 0;
     c->hs->k.draining = w->draining;
+    conn_take_shared(c, a);
     conn_checks(c);
     conn_settle(c);
+    return 1;
 }
 
 static void
@@ -836,9 +886,16 @@ relay_begin(struct conn *c)
     conn_keep_log_fields(c);
     conn_set_state(c, CS_RELAY);
     ev = 0;
-    if (c->w->drain_expired)
+    if (c->w->drain_expired) {
         ev |= relay_fail(&c->r, WS_CLOSE_GOING_AWAY, WS_CLOSE_GOING_AWAY,
                          "draining", "wsguard", now_of(c));
+    } else if (conn_revoked(c, NULL)) {
+        /* Revoked after its checks passed, while the backend was being
+         * contacted. */
+        stats_add(&c->w->st.enforced[ENF_REVOKED], 1);
+        ev |= relay_fail(&c->r, WS_CLOSE_POLICY, WS_CLOSE_POLICY, "revoked",
+                         "wsguard", now_of(c));
+    }
     ev |= relay_start(&c->r, now_of(c),
                       (const uint8_t *)h->head + h->head_used, up_n,
                       (const uint8_t *)h->bhead, h->bhead_len);
@@ -1209,6 +1266,48 @@ conn_drain_all(struct worker *w)
         }
         c = next;
     }
+}
+
+/* Does c match rv (NULL: any revocation in force)? */
+static int
+conn_revoked(const struct conn *c, const struct revocation *rv)
+{
+    const char *v[REVOKE_COUNT] = {
+        [REVOKE_SUB] = c->sub, [REVOKE_JTI] = c->jti,
+        [REVOKE_IP] = c->cl.ip,
+    };
+
+    if (rv != NULL)
+        return v[rv->kind] != NULL &&
+               revocation_matches(rv, v[rv->kind], strlen(v[rv->kind]));
+    for (int i = 0; i < REVOKE_COUNT; i++)
+        if (v[i] != NULL &&
+            revoked_match((enum revoke_kind)i, v[i], strlen(v[i]),
+                          now_of(c)))
+            return 1;
+    return 0;
+}
+
+unsigned
+conn_revoke(struct worker *w, const struct revocation *rv)
+{
+    struct conn *c = w->conns;
+    unsigned n = 0;
+
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (c->state == CS_RELAY && !c->r.failing && !c->r.closing &&
+            conn_revoked(c, rv)) {
+            stats_add(&w->st.enforced[ENF_REVOKED], 1);
+            conn_relay_events(c, relay_fail(&c->r, WS_CLOSE_POLICY,
+                                            WS_CLOSE_POLICY, "revoked",
+                                            "wsguard", now_of(c)));
+            conn_settle(c);
+            n++;
+        }
+        c = next;
+    }
+    return n;
 }
 
 void

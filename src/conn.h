@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "policy.h"
+#include "revoke.h"
+
 struct worker;
 
 /* Take ownership of an accepted, non-blocking socket. On failure the
@@ -29,9 +32,16 @@ void conn_drain_all(struct worker *w);
  * time. */
 void conn_kill_all(struct worker *w);
 
-/* The answer a parked connection waited for has come (ref: the packed
- * await reference it was parked under, in w->waits). A connection that
- * is gone meanwhile is not touched: the answer is ignored. */
-void conn_answer(struct worker *w, uintptr_t ref);
+/* The fleet-wide count's answer for a parked connection has come (ref:
+ * the packed await reference it was parked under, in w->waits): the
+ * checks go on. Returns 1, or 0 when the connection is gone meanwhile
+ * (it is not touched; the caller gives the slot back). */
+int conn_answer_shared(struct worker *w, uintptr_t ref,
+                       enum shared_answer a);
+
+/* Close w's live sessions that rv names with 1008 "revoked"; returns how
+ * many. (Connections still in their handshake are checked against the
+ * revocation table when their relay would start.) */
+unsigned conn_revoke(struct worker *w, const struct revocation *rv);
 
 #endif

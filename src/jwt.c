@@ -907,6 +907,7 @@ check_claims(const struct jwt_verifier *v, json_t *pl, int64_t now,
     int has_nbf = num_claim(pl, "nbf", &nbf);
     int has_iat = num_claim(pl, "iat", &iat);
     json_t *sub = json_object_get(pl, "sub");
+    json_t *jti = json_object_get(pl, "jti");
 
     if (has_exp < 0 || has_nbf < 0 || has_iat < 0) {
         *reason = "malformed time claim";
@@ -970,6 +971,13 @@ check_claims(const struct jwt_verifier *v, json_t *pl, int64_t now,
     if (json_is_string(sub)) {
         r->sub = strdup(json_string_value(sub));
         if (r->sub == NULL) {
+            *reason = "out of memory";
+            return -1;
+        }
+    }
+    if (json_is_string(jti)) {
+        r->jti = strdup(json_string_value(jti));
+        if (r->jti == NULL) {
             *reason = "out of memory";
             return -1;
         }
@@ -1127,6 +1135,7 @@ jwt_verify(const struct jwt_verifier *v, const char *tok, size_t len,
 out:
     if (rc == -1) {
         free(r->sub);
+        free(r->jti);
         memset(r, 0, sizeof *r);
     }
     json_decref(hdr);
@@ -1144,7 +1153,8 @@ jwt_result_free(struct jwt_result *r)
     json_decref((json_t *)r->claims);
     r->claims = NULL;
     free(r->sub);
-    r->sub = NULL;
+    free(r->jti);
+    r->sub = r->jti = NULL;
 }
 
 /* ---- claims to headers */

@@ -90,6 +90,7 @@ int jwt_extract(const struct jwt_verifier *v, const struct http_request *req,
 struct jwt_result {
     char *sub;                  /* owned (take it and set NULL to keep
                                    it); NULL when absent or not a string */
+    char *jti;                  /* the same for jti */
     int64_t exp;                /* seconds since the epoch; 0 = none */
     void *claims;               /* json_t * of the payload (owned) */
 };

@@ -8,7 +8,12 @@
  *                   drain_timeout, close the rest with 1001) and exit 0;
  *   SIGHUP          reload: a new snapshot for new connections, live ones
  *                   keep theirs; a bad configuration is logged and the
- *                   old one stays.
+ *                   old one stays;
+ *   SIGUSR1         open the access-log file again (after logrotate).
+ * The signals are blocked from before the first listening socket until
+ * their watchers run, so a signal sent as soon as "listening on" is
+ * logged is handled, never fatal. Logging goes through the writer thread
+ * (log_start) from before the first worker to the end (log_stop).
  * The admin listener ([admin] listen) is bound with the other sockets,
  * before privileges are dropped, and served by its own thread (admin.c),
  * which main tells about reloads and, first of all, about a drain.
@@ -29,6 +34,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
@@ -44,6 +50,7 @@ extern char **environ;
 
 static struct worker *workers;
 static unsigned nworkers;
+static struct cluster *cluster; /* cluster mode, or NULL */
 static const char *config_path = DEFAULT_CONFIG;
 static int config_given;        /* -c was used */
 
@@ -107,6 +114,22 @@ warn_cb(const char *msg, void *ctx)
     log_warn("%s", msg);
 }
 
+/* A redis:// URL (no TLS) to a host other than loopback. */
+static int
+redis_plain_remote(const char *url)
+{
+    struct redis_target t;
+    char err[128];
+    int r;
+
+    if (redis_target_parse(url, &t, err, sizeof err) != 0)
+        return 0;
+    r = !t.tls && strcmp(t.host, "127.0.0.1") != 0 &&
+        strcmp(t.host, "::1") != 0 && strcmp(t.host, "localhost") != 0;
+    redis_target_free(&t);
+    return r;
+}
+
 /* Every unsafe or unusual setting is said out loud at start-up. */
 static void
 warn_unsafe(const struct config *cfg)
@@ -116,9 +139,15 @@ warn_unsafe(const struct config *cfg)
                  "behind another TLS terminator)");
     if (cfg->global.max_payload == 0)
         log_warn("[limits] max_payload = 0: client messages are unlimited");
-    if (cfg->handshake_timeout_ms == 0)
-        log_warn("[server] handshake_timeout = 0: slow clients can hold "
-                 "connections forever");
+    if (cfg->shared_listen)
+        log_warn("[server] shared_listen = yes: another process may listen "
+                 "on the same address and take part of the connections");
+    if (cfg->cluster_redis != NULL && redis_plain_remote(cfg->cluster_redis))
+        log_warn("[cluster] redis = redis://: the shared counts and "
+                 "revocations travel unencrypted (rediss:// for TLS)");
+    if (cfg->cluster_redis != NULL && cfg->cluster_fail_closed)
+        log_info("[cluster] on_error = closed: new connections are "
+                 "refused (503) while Redis is unreachable");
     if (cfg->global.origin_allow.n == 0 &&
         cfg->global.origin_allow_pattern.n == 0)
         log_warn("[origin] no allow or allow_pattern: the Origin check is "
@@ -231,6 +260,17 @@ warn_not_reloadable(const struct config *old, const struct config *cfg)
                  "wsguard to apply it",
                  old->admin_listen ? old->admin_listen : "off",
                  cfg->admin_listen ? cfg->admin_listen : "off");
+    if (STR_CHANGED(old->cluster_redis, cfg->cluster_redis) ||
+        STR_CHANGED(old->cluster_key_prefix, cfg->cluster_key_prefix) ||
+        STR_CHANGED(old->cluster_password_file,
+                    cfg->cluster_password_file) ||
+        STR_CHANGED(old->cluster_ca_file, cfg->cluster_ca_file) ||
+        old->cluster_fail_closed != cfg->cluster_fail_closed ||
+        old->cluster_lease_ms != cfg->cluster_lease_ms ||
+        old->cluster_timeout_ms != cfg->cluster_timeout_ms ||
+        old->cluster_revoke_ttl_ms != cfg->cluster_revoke_ttl_ms)
+        log_warn("reload: [cluster] changed: restart wsguard to apply it "
+                 "(the running process keeps its Redis settings)");
 #undef STR_CHANGED
 }
 
@@ -258,6 +298,14 @@ on_workers_done(struct ev_loop *loop, ev_async *a, int revents)
 static void
 on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
+    if (w->signum == SIGUSR1) {
+        if (log_reopen() != 0)
+            log_error("SIGUSR1: cannot open the access log %s again: %s",
+                      running->access_log, strerror(errno));
+        else
+            log_info("SIGUSR1: access log opened again");
+        return;
+    }
     if (w->signum == SIGHUP) {
         int errors = 0;
         struct config *cfg = config_load(config_source(), environ,
@@ -285,7 +333,8 @@ on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         }
         warn_not_reloadable(running, keep);
         if (log_setup(keep->log_level, keep->log_json, keep->access_log))
-            log_error("reload: cannot open access log %s", keep->access_log);
+            log_error("reload: cannot open access log %s: %s (the old one "
+                      "stays)", keep->access_log, strerror(errno));
         config_unsupported(keep, warn_cb, NULL);
         warn_unsafe(keep);
         for (unsigned i = 0; i < nworkers; i++)
@@ -351,6 +400,19 @@ healthcheck(void)
     return rc;
 }
 
+/* /readyz with [cluster] on_error = closed: not ready while a worker
+ * cannot reach Redis (its new connections would be refused). */
+static int
+cluster_ready(char *why, size_t cap)
+{
+    for (unsigned i = 0; i < nworkers; i++)
+        if (!stats_get(&workers[i].st.cluster_up)) {
+            snprintf(why, cap, "Redis is unreachable (on_error = closed)");
+            return 0;
+        }
+    return 1;
+}
+
 /* A start that fails before any thread runs: release what was built
  * (the sockets close with the process), so that a sanitizer build sees
  * no leak, and return the exit status. */
@@ -368,6 +430,9 @@ start_failed(struct runtime *rt, struct config *keep)
     runtime_iplimit = NULL;
     runtime_unref(rt);
     config_unref(keep);
+    cluster_free(cluster);
+    cluster = NULL;
+    log_stop();
     return 1;
 }
 
@@ -424,15 +489,27 @@ main(int argc, char **argv)
         return 1;
     }
     if (log_setup(cfg->log_level, cfg->log_json, cfg->access_log) != 0) {
-        fprintf(stderr, "cannot open access log %s\n", cfg->access_log);
+        fprintf(stderr, "cannot open access log %s: %s\n", cfg->access_log,
+                strerror(errno));
         config_unref(cfg);
         return 1;
     }
     struct config *keep = config_ref(cfg);
     char err[512];
+    /* The errors name where the value was set (FILE:LINE or the
+     * environment variable). */
     struct runtime *rt = runtime_new(cfg, err, sizeof err);
     if (rt == NULL) {
-        fprintf(stderr, "%s: %s\n", config_path, err);
+        fprintf(stderr, "%s\n", err);
+        config_unref(keep);
+        return 1;
+    }
+    /* Cluster mode: the Redis host resolved, the password file read, the
+     * TLS context made; the connections come with the workers. */
+    cluster = cluster_new(keep, err, sizeof err);
+    if (cluster == NULL && err[0] != '\0') {
+        fprintf(stderr, "[cluster] %s\n", err);
+        runtime_unref(rt);
         config_unref(keep);
         return 1;
     }
@@ -442,6 +519,7 @@ main(int argc, char **argv)
         warn_unsafe(keep);
         printf("%s: configuration OK%s\n", config_path,
                n ? " (with keys not supported yet, see above)" : "");
+        cluster_free(cluster);
         runtime_unref(rt);
         config_unref(keep);
         return 0;
@@ -454,6 +532,17 @@ main(int argc, char **argv)
         log_error("cannot create the per-IP table (no randomness?)");
         return 1;
     }
+    /* Signals wait (blocked, pending) until their watchers run: a
+     * supervisor may send one as soon as "listening on" is logged.
+     * Threads started meanwhile inherit the mask, so only the main loop
+     * ever takes them. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
     nworkers = keep->workers ? keep->workers : 1;
     workers = calloc(nworkers, sizeof *workers);
     if (workers == NULL ||
@@ -477,15 +566,17 @@ main(int argc, char **argv)
     atomic_init(&workers_left, nworkers);
     worker_exit_hook = on_worker_exit;
 
-    /* Workers must not take the signals; the main loop handles them. */
-    sigset_t set, old;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, &old);
+    /* From here on no thread writes the log itself: lines go through
+     * per-thread buffers to the writer thread. */
+    if (log_start() != 0) {
+        log_error("cannot start the log writer thread");
+        return start_failed(rt, keep);
+    }
+    if (cluster != NULL && cluster->fail_closed)
+        admin_set_ready_check(cluster_ready);
     for (unsigned i = 0; i < nworkers; i++) {
         workers[i].id = i;
+        workers[i].cluster = cluster;
         if (worker_start(&workers[i], rt) != 0) {
             log_error("cannot start worker %u", i);
             return 1;
@@ -493,19 +584,26 @@ main(int argc, char **argv)
     }
     if (admin_start(workers, nworkers, rt, WSGUARD_VERSION) != 0)
         return 1;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     runtime_unref(rt);
+    if (cluster != NULL)
+        log_info("cluster mode: Redis %s:%s, replica %s, on_error = %s",
+                 cluster->target.host, cluster->target.port,
+                 cluster->replica, cluster->fail_closed ? "closed" : "open");
     log_info("wsguard " WSGUARD_VERSION " started: %u worker%s", nworkers,
              nworkers == 1 ? "" : "s");
 
     struct ev_loop *loop = main_loop;
-    ev_signal sig_term, sig_int, sig_hup;
+    ev_signal sig_term, sig_int, sig_hup, sig_usr1;
     ev_signal_init(&sig_term, on_signal, SIGTERM);
     ev_signal_init(&sig_int, on_signal, SIGINT);
     ev_signal_init(&sig_hup, on_signal, SIGHUP);
+    ev_signal_init(&sig_usr1, on_signal, SIGUSR1);
     ev_signal_start(loop, &sig_term);
     ev_signal_start(loop, &sig_int);
     ev_signal_start(loop, &sig_hup);
+    ev_signal_start(loop, &sig_usr1);
+    /* The watchers are in place: signals sent meanwhile arrive now. */
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     ev_run(loop, 0);
 
     for (unsigned i = 0; i < nworkers; i++)
@@ -514,9 +612,14 @@ main(int argc, char **argv)
      * are freed. */
     admin_stop();
     free(workers);
+    cluster_free(cluster);
     iplimit_free(runtime_iplimit);
     config_unref(running);
     config_unref(keep);
     log_info("stopped");
+    /* What is still buffered is written out (a reader that does not read
+     * is waited for a few seconds, not forever). */
+    for (int i = 0; i < 5 && log_stop() != 0; i++)
+        ;
     return 0;
 }

@@ -530,6 +530,31 @@ iplimit_entries(struct iplimit *t)
 }
 
 size_t
+iplimit_snapshot(struct iplimit *t, struct ip_count *out, size_t max)
+{
+    size_t n = 0;
+
+    for (int i = 0; i < IPLIMIT_SHARDS && n < max; i++) {
+        struct iplimit_shard *s = &t->shard[i];
+
+        pthread_mutex_lock(&s->lock);
+        for (uint32_t j = 0; s->slots != NULL && j < s->cap && n < max;
+             j++) {
+            const struct ip_slot *e = &s->slots[j];
+
+            if (e->count == 0)
+                continue;
+            out[n].count = e->count;
+            out[n].key.family = e->family;
+            memcpy(out[n].key.addr, e->addr, sizeof out[n].key.addr);
+            n++;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return n;
+}
+
+size_t
 iplimit_top(struct iplimit *t, struct ip_count *out, size_t max)
 {
     size_t n = 0;

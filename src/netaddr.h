@@ -52,6 +52,11 @@ struct ip_count {
 };
 size_t iplimit_top(struct iplimit *t, struct ip_count *out, size_t max);
 
+/* Every address counted now, with its count, into out (at most max, in
+ * no particular order; size out with iplimit_entries()). */
+size_t iplimit_snapshot(struct iplimit *t, struct ip_count *out,
+                        size_t max);
+
 /* A set of CIDR ranges ("10.0.0.0/8", "2001:db8::/32", a bare address =
  * /32 or /128). */
 struct cidr_set;

@@ -10,6 +10,7 @@
 #include "field.h"
 #include "origin.h"
 #include "path.h"
+#include "revoke.h"
 
 /* ------------------------------------------------------------------ */
 /* The client's per-IP slot                                            */
@@ -202,7 +203,7 @@ step_capacity(struct checks *k)
 /* The global limit is applied when the slot is taken; a route's own
  * limit is checked in addition, so a route can only be stricter. */
 static enum check_result
-step_ip(struct checks *k)
+step_ip(struct checks *k, double now)
 {
     struct client *cl = k->cl;
     uint64_t lim = k->route.pol->max_connections_per_ip;
@@ -213,7 +214,36 @@ step_ip(struct checks *k)
     if (cl->over || (lim && cl->counted &&
                      iplimit_count(runtime_iplimit, &cl->key) > lim))
         return refuse(k, REF_IP_LIMIT, NULL);
+    if (revoked_match(REVOKE_IP, cl->ip, strlen(cl->ip), now))
+        return refuse(k, REF_REVOKED, "address revoked");
     return CHECK_PASS;
+}
+
+/* The fleet-wide count (cluster mode), under the stricter of the global
+ * and the route's limit; none without a limit. */
+static enum check_result
+step_shared(struct checks *k)
+{
+    uint64_t g = k->rt->cfg->global.max_connections_per_ip;
+    uint64_t r = k->route.pol->max_connections_per_ip;
+    uint64_t lim = g == 0 ? r : r == 0 ? g : r < g ? r : g;
+
+    if (!k->shared || lim == 0 || !k->cl->counted)
+        return CHECK_PASS;
+    switch (k->shared_answer) {
+    case SHARED_NONE:
+        k->shared_limit = lim;
+        return CHECK_WAIT;
+    case SHARED_OK:
+        return CHECK_PASS;
+    case SHARED_OVER:
+        return refuse(k, REF_IP_LIMIT, "per-IP connection limit "
+                      "(fleet-wide)");
+    case SHARED_DOWN:
+        return k->fail_closed ? refuse(k, REF_CLUSTER, NULL) : CHECK_PASS;
+    default:
+        return refuse(k, REF_INTERNAL, NULL);
+    }
 }
 
 static enum check_result
@@ -320,7 +350,15 @@ step_token(struct checks *k, double now)
     if (jwt_verify(v, k->tok.tok, k->tok.len, (int64_t)now, &res, &why) != 0)
         return refuse(k, REF_JWT, why);
     k->sub = res.sub;
-    res.sub = NULL;
+    k->jti = res.jti;
+    res.sub = res.jti = NULL;
+    if ((k->sub != NULL &&
+         revoked_match(REVOKE_SUB, k->sub, strlen(k->sub), now)) ||
+        (k->jti != NULL &&
+         revoked_match(REVOKE_JTI, k->jti, strlen(k->jti), now))) {
+        jwt_result_free(&res);
+        return refuse(k, REF_REVOKED, "token revoked");
+    }
     k->tok_exp = res.exp;
     k->tok_leeway = jwt_leeway(v);
 
@@ -361,13 +399,16 @@ checks_run(struct checks *k, double now)
             r = step_capacity(k);
             break;
         case STEP_IP:
-            r = step_ip(k);
+            r = step_ip(k, now);
             break;
         case STEP_ORIGIN:
             r = step_origin(k);
             break;
         case STEP_TOKEN:
             r = step_token(k, now);
+            break;
+        case STEP_SHARED:
+            r = step_shared(k);
             break;
         default:
             r = CHECK_PASS;
@@ -388,8 +429,9 @@ checks_free(struct checks *k)
     free(k->extra);
     free(k->edit_value);
     free(k->sub);
+    free(k->jti);
     free(k->log_path);
     free(k->origin);
     k->ntarget = k->target = k->extra = k->edit_value = NULL;
-    k->sub = k->log_path = k->origin = NULL;
+    k->sub = k->jti = k->log_path = k->origin = NULL;
 }

@@ -6,18 +6,22 @@
  * never costs a signature verification):
  *
  *   RFC 6455 request (400/405/426) -> path normalised (400) -> route
- *   (404) -> capacity (503) -> per-IP limit (429) -> Origin (403) ->
- *   token (401)
+ *   (404) -> capacity (503) -> per-IP limit, local (429), address
+ *   revoked (401) -> Origin (403) -> token (401), token revoked (401)
+ *   -> per-IP limit, fleet-wide (429; cluster mode)
  *
  * checks_run() runs the steps from where it stopped. A step either
  * passes, refuses (the kind and reason are left in the struct), or waits
  * for an asynchronous answer (CHECK_WAIT: the caller parks the connection
  * with its timer still running, and calls checks_run() again once the
- * answer is in). No step waits yet; the shared per-IP count of cluster
- * mode will (a Redis round trip).
+ * answer is in). Only the fleet-wide count waits (a Redis round trip),
+ * and it comes last, so an upgrade refused for any other reason never
+ * reaches Redis: the caller asks for k->shared_limit and puts the answer
+ * in k->shared_answer.
  *
- * Pure apart from the per-IP table (runtime_iplimit) and the connection
- * count it reads: no sockets, no event loop.
+ * Pure apart from the per-IP table (runtime_iplimit), the revocation
+ * table (revoke.h) and the connection count it reads: no sockets, no
+ * event loop.
  */
 #ifndef WSGUARD_POLICY_H
 #define WSGUARD_POLICY_H
@@ -45,6 +49,8 @@ struct client {
     unsigned over : 1;          /* the slot was refused: 429 */
     unsigned trusted : 1;       /* peer in [server] trusted_proxies */
     unsigned final : 1;         /* address known (PROXY header) */
+    unsigned shared : 1;        /* holds a slot in the fleet-wide count
+                                   (the caller gives it back) */
 };
 
 /* Count the client for its address (once), under the global limit (or
@@ -64,7 +70,17 @@ enum check_step {
     STEP_IP,
     STEP_ORIGIN,
     STEP_TOKEN,
+    STEP_SHARED,
     STEP_DONE
+};
+
+/* The fleet-wide count's answer, as the caller got it. */
+enum shared_answer {
+    SHARED_NONE = 0,            /* not asked yet */
+    SHARED_OK,                  /* counted */
+    SHARED_OVER,                /* the fleet-wide limit is reached */
+    SHARED_DOWN,                /* no answer: on_error decides */
+    SHARED_FAIL                 /* could not even be counted locally */
 };
 
 enum check_result {
@@ -83,6 +99,10 @@ struct checks {
     const struct runtime *rt;
     struct client *cl;
     int draining;
+    int shared;                 /* cluster mode: count fleet-wide */
+    int fail_closed;            /* [cluster] on_error = closed */
+    enum shared_answer shared_answer;   /* STEP_SHARED's answer */
+    uint64_t shared_limit;      /* with CHECK_WAIT at STEP_SHARED */
     struct http_request req;    /* req.target is the normalised target
                                    once STEP_PATH has passed */
     struct http_header hdrs[MAX_HEADERS];
@@ -104,6 +124,7 @@ struct checks {
     struct upgrade_edit edit[MAX_HEADERS];  /* per client header */
     char *edit_value;           /* the one replaced value (token cut) */
     char *sub;                  /* the token's sub, owned */
+    char *jti;                  /* the token's jti, owned */
     int64_t tok_exp;            /* the token's exp, 0 = none */
     int64_t tok_leeway;
     char *log_path;             /* the path for the access log (token

@@ -100,6 +100,7 @@ void
 redis_target_free(struct redis_target *t)
 {
     free(t->host);
+    free(t->addr);
     free(t->port);
     if (t->password != NULL) {
         explicit_bzero(t->password, strlen(t->password));
@@ -288,7 +289,8 @@ do_connect(struct redis *r)
     /* Only numeric addresses here: a name was resolved to one when the
      * configuration was loaded (redis_target_parse's caller), never on a
      * worker thread. */
-    if ((e = getaddrinfo(t->host, t->port, &hints, &res)) != 0) {
+    if ((e = getaddrinfo(t->addr != NULL ? t->addr : t->host, t->port,
+                         &hints, &res)) != 0) {
         set_error(r, gai_strerror(e), 0);
         lost(r, "bad address", 0);
         return;

@@ -42,7 +42,9 @@ typedef void (*redis_msg_cb)(void *priv, const char *channel,
                              const char *msg, size_t len);
 
 struct redis_target {
-    char *host;                 /* owned */
+    char *host;                 /* owned; the name for TLS */
+    char *addr;                 /* numeric address host resolved to
+                                   (owned), NULL: host is numeric */
     char *port;
     int db;
     int tls;                    /* rediss:// */

@@ -21,6 +21,9 @@ enum refusal {
     REF_IP_LIMIT,               /* 429 */
     REF_ORIGIN,                 /* 403 */
     REF_JWT,                    /* 401 */
+    REF_REVOKED,                /* 401 token or address revoked */
+    REF_CLUSTER,                /* 503 shared limits unavailable
+                                   (on_error = closed) */
     REF_BACKEND,                /* 502, or the backend's own 4xx */
     REF_BACKEND_TIMEOUT,        /* 504 */
     REF_INTERNAL,               /* 503 out of memory */

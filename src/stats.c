@@ -16,6 +16,7 @@ const char *const enforce_label[ENF_COUNT] = {
     [ENF_LIFETIME] = "max_lifetime",
     [ENF_WRITE_STALL] = "write_timeout",
     [ENF_EXPIRY] = "token_expiry",
+    [ENF_REVOKED] = "revoked",
 };
 
 const char *const direction_label[DIR_COUNT] = {

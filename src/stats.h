@@ -28,6 +28,7 @@ enum enforce {
     ENF_LIFETIME,               /* max_lifetime: 1001 */
     ENF_WRITE_STALL,            /* write_timeout */
     ENF_EXPIRY,                 /* token expired: 1008 */
+    ENF_REVOKED,                /* revoked (sub, jti, address): 1008 */
     ENF_COUNT
 };
 
@@ -94,6 +95,10 @@ struct stats {
     stat_t closes[CLOSE_CODE_COUNT][BY_COUNT];
     struct histo handshake;     /* accept to the client's 101 */
     struct histo be_connect;    /* backend connect started to connected */
+    /* cluster mode ([cluster] redis) */
+    stat_t cluster_up;          /* 1 while the worker's connection is up */
+    stat_t cluster_errors;      /* failed commands and connections */
+    struct histo cluster_rtt;   /* command sent to reply */
     atomic_uint routes_n;
     struct route_stat routes[STATS_ROUTES];
 };

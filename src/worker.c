@@ -22,6 +22,7 @@
 #define ACCEPT_PAUSE 0.1        /* s, after EMFILE/ENFILE */
 #define DRAIN_GRACE 2.0         /* s after drain_timeout: peers may answer
                                    wsguard's close frames, no longer */
+#define REVOKE_IN_FLIGHT 256    /* revocations being applied at once */
 
 void (*worker_exit_hook)(void);
 
@@ -116,6 +117,8 @@ workers_listen(struct worker *ws, unsigned n, const struct config *cfg,
             return -1;
         }
         ws[i].nlfds = cfg->nlisten;
+        ws[i].all = ws;
+        ws[i].nall = n;
     }
     for (size_t a = 0; a < cfg->nlisten; a++) {
         int port = -1;
@@ -229,6 +232,130 @@ drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     conn_kill_all(w);
 }
 
+/* ------------------------------------------------------------------ */
+/* Revocations                                                         */
+
+static atomic_uint revokes_in_flight;
+
+struct revoke_job *
+revoke_job_new(unsigned n)
+{
+    return calloc(1, sizeof(struct revoke_job) +
+                  n * sizeof(struct revoke_node));
+}
+
+static void
+revoke_finish(struct revoke_job *job)
+{
+    if (atomic_fetch_sub(&job->pending, 1) == 1) {
+        atomic_fetch_sub(&revokes_in_flight, 1);
+        job->done(job);
+    }
+}
+
+int
+workers_revoke(struct worker *ws, unsigned n, struct revoke_job *job,
+               double now)
+{
+    if (atomic_fetch_add(&revokes_in_flight, 1) >= REVOKE_IN_FLIGHT) {
+        atomic_fetch_sub(&revokes_in_flight, 1);
+        return -1;
+    }
+    if (revoked_add(&job->rv, now) != 0) {
+        atomic_fetch_sub(&revokes_in_flight, 1);
+        return -1;
+    }
+    /* One extra count, dropped at the end, so that done cannot run before
+     * every worker has its node. */
+    atomic_store(&job->pending, n + 1);
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &ws[i];
+        int queued = 0;
+
+        job->node[i].job = job;
+        pthread_mutex_lock(&w->lock);
+        if (!w->stopped) {
+            job->node[i].next = w->rq;
+            w->rq = &job->node[i];
+            queued = 1;
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (queued)
+            ev_async_send(w->loop, &w->wake);
+        else
+            revoke_finish(job);
+    }
+    revoke_finish(job);
+    return 0;
+}
+
+/* Apply the revocations queued for w (all of them when the loop has
+ * ended: nothing is left hanging). */
+static void
+revoke_apply(struct worker *w, struct revoke_node *q)
+{
+    /* The queue is newest first; apply in arrival order. */
+    struct revoke_node *rev = NULL;
+    while (q != NULL) {
+        struct revoke_node *next = q->next;
+        q->next = rev;
+        rev = q;
+        q = next;
+    }
+    while (rev != NULL) {
+        struct revoke_node *next = rev->next;
+        struct revoke_job *job = rev->job;
+        unsigned n = w->stopped ? 0 : conn_revoke(w, &job->rv);
+
+        atomic_fetch_add(&job->closed, n);
+        if (job->publish && w->id == 0 && w->cluster != NULL &&
+            !w->stopped && cluster_publish(&w->cw, &job->rv) == 0)
+            atomic_store(&job->published, 1);
+        revoke_finish(job);
+        rev = next;
+    }
+}
+
+static void
+revoke_job_free(struct revoke_job *job)
+{
+    free(job);
+}
+
+/* A revocation came in on the Redis channel (worker 0). */
+static void
+cluster_revoked(void *priv, const struct revocation *rv)
+{
+    struct worker *w = priv;
+    struct revoke_job *job = revoke_job_new(w->nall);
+
+    if (job == NULL) {
+        log_error("revocation of %s %s not applied: out of memory",
+                  revoke_key[rv->kind], rv->value);
+        return;
+    }
+    job->rv = *rv;
+    job->done = revoke_job_free;
+    if (workers_revoke(w->all, w->nall, job, ev_now(w->loop)) != 0) {
+        log_error("revocation of %s %s not applied: the revocation table "
+                  "is full (%d in force) or too many are in flight",
+                  revoke_key[rv->kind], rv->value, REVOKE_MAX);
+        free(job);
+        return;
+    }
+    log_info("revoked %s %s (from the cluster channel)",
+             revoke_key[rv->kind], rv->value);
+}
+
+static int
+cluster_answered(void *priv, uintptr_t tag, enum cluster_answer a)
+{
+    return conn_answer_shared(priv, tag,
+                              a == CLUSTER_OK     ? SHARED_OK
+                              : a == CLUSTER_OVER ? SHARED_OVER
+                                                  : SHARED_DOWN);
+}
+
 static void
 wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
@@ -238,7 +365,11 @@ wake_cb(struct ev_loop *loop, ev_async *a, int revents)
     struct runtime *rt = w->next_rt;
     w->next_rt = NULL;
     int drain = w->drain_req;
+    struct revoke_node *rq = w->rq;
+    w->rq = NULL;
     pthread_mutex_unlock(&w->lock);
+
+    revoke_apply(w, rq);
 
     if (rt != NULL) {
         runtime_unref(w->rt);
@@ -267,7 +398,11 @@ static void
 prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct worker *w = ev_userdata(loop);
-    if (w->draining && w->conns == NULL)
+    /* The last connections' slots are given back to Redis before the
+     * loop ends (each command is bounded by [cluster] timeout). */
+    if (w->draining && w->conns == NULL &&
+        (w->cluster == NULL || w->cw.cmd.npending == 0 ||
+         !redis_ready(&w->cw.cmd)))
         ev_break(loop, EVBREAK_ALL);
 }
 
@@ -279,7 +414,18 @@ worker_main(void *arg)
 
     ev_prepare_init(&prep, prepare_cb);
     ev_prepare_start(w->loop, &prep);
+    if (w->cluster != NULL)
+        cluster_worker_start(&w->cw, w->cluster, w->loop, w->id, &w->st,
+                             cluster_answered, cluster_revoked, w);
     ev_run(w->loop, 0);
+    pthread_mutex_lock(&w->lock);
+    w->stopped = 1;
+    struct revoke_node *rq = w->rq;
+    w->rq = NULL;
+    pthread_mutex_unlock(&w->lock);
+    revoke_apply(w, rq);
+    if (w->cluster != NULL)
+        cluster_worker_stop(&w->cw);
     log_debug("worker %u: stopped", w->id);
     if (worker_exit_hook)
         worker_exit_hook();

@@ -13,16 +13,26 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "await.h"
 #include "buf.h"
+#include "cluster.h"
 #include "config.h"
+#include "revoke.h"
 #include "rnd.h"
 #include "stats.h"
 
 struct conn;
 struct runtime;
+struct revoke_job;
+
+/* A revocation queued for one worker. */
+struct revoke_node {
+    struct revoke_node *next;
+    struct revoke_job *job;
+};
 
 struct worker {
     unsigned id;
@@ -47,8 +57,44 @@ struct worker {
     struct bufpool bufs;        /* relay buffers */
     struct rnd rnd;             /* masking keys, ping payloads */
     struct await_table waits;   /* connections parked for an answer */
+    const struct cluster *cluster;      /* cluster mode: set before
+                                           worker_start(), or NULL */
+    struct cluster_worker cw;   /* its Redis client (cluster mode) */
+    struct worker *all;         /* every worker (revocations fan out) */
+    unsigned nall;
+    struct revoke_node *rq;     /* revocations to apply (under lock) */
+    int stopped;                /* under lock: its loop has ended */
     struct stats st;
 };
+
+/*
+ * A revocation applied by every worker: each closes its matching
+ * sessions on its own thread and adds to closed; the last one calls done
+ * (on its thread; on the caller's when no worker runs any more), which
+ * owns the job from then on.
+ */
+struct revoke_job {
+    struct revocation rv;
+    int publish;                /* cluster mode: worker 0 also stores and
+                                   publishes it to the other replicas */
+    atomic_uint pending;        /* workers still to apply it */
+    atomic_uint closed;         /* sessions closed */
+    atomic_int published;       /* publish: 1 when handed to Redis */
+    void (*done)(struct revoke_job *job);
+    void *priv;                 /* the initiator's */
+    struct revoke_job *link;    /* the initiator's */
+    struct revoke_node node[];  /* one per worker */
+};
+
+/* A job for n workers (zeroed), or NULL. Free it with free(). */
+struct revoke_job *revoke_job_new(unsigned n);
+
+/* Put job->rv in the process's revocation table (new upgrades that match
+ * are refused from now on) and hand it to every worker of ws[0..n).
+ * 0; -1 when the table is full or too many revocations are in flight
+ * (nothing is started: the caller still owns the job). */
+int workers_revoke(struct worker *ws, unsigned n, struct revoke_job *job,
+                   double now);
 
 /* Called by each worker thread as it ends (main thread's wake-up). */
 extern void (*worker_exit_hook)(void);

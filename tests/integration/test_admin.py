@@ -92,10 +92,17 @@ def test_metrics_strict_format_and_every_label(wsguard_factory, backend):
                       ("wsguard_build_info", "gauge"),
                       ("wsguard_log_dropped_total", "counter"),
                       ("wsguard_route_connections_active", "gauge"),
-                      ("wsguard_route_sessions_total", "counter")]:
+                      ("wsguard_route_sessions_total", "counter"),
+                      ("wsguard_cluster_enabled", "gauge"),
+                      ("wsguard_cluster_up", "gauge"),
+                      ("wsguard_cluster_errors_total", "counter"),
+                      ("wsguard_cluster_roundtrip_seconds", "histogram"),
+                      ("wsguard_revocations_in_force", "gauge")]:
         assert exp.families[name].type == typ, name
-    # No cluster metrics before there is a cluster mode.
-    assert not [n for n in exp.families if n.startswith("wsguard_cluster_")]
+    # Without [cluster]: present, and saying so.
+    assert exp.value("wsguard_cluster_enabled") == 0
+    assert exp.value("wsguard_cluster_up") == 0
+    assert exp.value("wsguard_cluster_errors_total") == 0
 
 
 def test_parser_rejects_bad_expositions():

@@ -258,6 +258,10 @@ test_defaults(void **state)
     assert_string_equal(c->cluster_key_prefix, "wsguard:");
     assert_false(c->cluster_fail_closed);
     assert_int_equal(c->cluster_lease_ms, 30000);
+    assert_int_equal(c->cluster_revoke_ttl_ms, 600000);
+    assert_int_equal(c->cluster_timeout_ms, 500);
+    assert_null(c->cluster_password_file);
+    assert_null(c->cluster_ca_file);
     assert_int_equal(c->nroutes, 0);
     assert_int_equal(atomic_load(&c->refs), 1);
     /* Defaults are not "set": nothing to warn about. */
@@ -455,7 +459,12 @@ test_errors(void **state)
              "[jwt]\n"
              "algorithms = RS256 none\n"
              "[limits]\n"
-             "ipv6_prefix = 129\n", NULL, &m);
+             "ipv6_prefix = 129\n"
+             "[cluster]\n"
+             "redis = http://r:6379\n"
+             "redis = redis://\n"
+             "key_prefix = a b\n"
+             "lease = 1s\n", NULL, &m);
     assert_msg(&m, "t.ini:1: key \"max_connections\" outside of any "
                "section");
     assert_msg(&m, "t.ini:3: [server] max_connections: invalid value "
@@ -490,13 +499,21 @@ test_errors(void **state)
                "never allowed");
     assert_msg(&m, "t.ini:31: [limits] ipv6_prefix: 129 is out of range "
                "(0 to 128)");
+    assert_msg(&m, "t.ini:33: [cluster] redis: must be "
+               "redis[s]://HOST[:PORT][/DB]");
+    assert_msg(&m, "t.ini:34: [cluster] redis: must be "
+               "redis[s]://HOST[:PORT][/DB]");
+    assert_msg(&m, "t.ini:35: [cluster] key_prefix: no spaces or control "
+               "characters");
+    assert_msg(&m, "t.ini:36: [cluster] lease: 1s is out of range (3s to "
+               "24h)");
     /* Nothing about line 7 (a key of an unknown section). */
     for (size_t i = 0; i < m.n; i++)
         assert_null(strstr(m.v[i], "t.ini:7:"));
     /* Every message is FILE:LINE: ... */
     for (size_t i = 0; i < m.n; i++)
         assert_int_equal(strncmp(m.v[i], "t.ini:", 6), 0);
-    assert_int_equal(m.n, 24);
+    assert_int_equal(m.n, 28);
 }
 
 static void
@@ -740,13 +757,9 @@ test_env(void **state)
     assert_int_equal(c->global.max_payload, 2048);
     assert_int_equal(c->global.jwt_audience.n, 0);
     assert_null(c->cluster_key_prefix);
-    /* The file set key_prefix (line 10) and env cleared it: one warning,
-     * from the environment, not the file. audience (supported) is not
-     * reported at all. */
+    /* Every key is implemented: nothing reported. */
     m.n = 0;
-    assert_int_equal(config_unsupported(c, collect, &m), 1);
-    assert_string_equal(m.v[0], "env WSGUARD_CLUSTER_KEY_PREFIX: [cluster] "
-                        "key_prefix: not supported yet");
+    assert_int_equal(config_unsupported(c, collect, &m), 0);
     config_unref(c);
 
     char *const bad[] = {
@@ -931,14 +944,12 @@ test_unsupported(void **state)
     assert_int_equal(c->global.max_connections_per_ip, 3);
     assert_int_equal(c->nroutes, 1);
     assert_int_equal(c->routes[0].p.bytes_per_second, 1024);
-    /* Still unsupported: [cluster] lease ([admin] listen, set from the
-     * environment, is implemented now). */
-    assert_int_equal(config_unsupported(c, collect, &m), 1);
-    assert_int_equal(m.n, 1);
-    assert_string_equal(m.v[0], "t.ini:19: [cluster] lease: not supported "
-                        "yet");
-    /* Without a callback it only counts. */
-    assert_int_equal(config_unsupported(c, NULL, NULL), 1);
+    /* [cluster] (the last section that was not) is implemented now:
+     * nothing is reported. */
+    assert_int_equal(c->cluster_lease_ms, 60000);
+    assert_int_equal(config_unsupported(c, collect, &m), 0);
+    assert_int_equal(m.n, 0);
+    assert_int_equal(config_unsupported(c, NULL, NULL), 0);
     config_unref(c);
 
     /* SNI and mTLS are implemented: nothing reported. */
