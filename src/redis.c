@@ -419,7 +419,7 @@ redis_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             became_ready(r);
             break;
         }
-        /* fall through */
+        __attribute__((fallthrough));   /* TLS: the handshake starts */
     case RS_HANDSHAKE: {
         char why[200];
         enum io_result res = side_handshake(&r->s, why, sizeof why);
