@@ -547,6 +547,9 @@ sess_end(struct sess *s, const char *outcome)
         s->fd = -1;
     }
     if (s->ssl) {
+        /* without this, OpenSSL drops the session from the client cache
+         * and marks it not resumable (ssl_clear_bad_session) */
+        SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(s->ssl);
         s->ssl = NULL;
     }
@@ -1735,6 +1738,14 @@ self_cpu(void)
            (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
+static long
+self_maxrss(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
 static void
 on_sig(int sig)
 {
@@ -1961,7 +1972,7 @@ main(int argc, char **argv)
            "srv_pings=%llu payload_sent=%llu payload_echoed=%llu "
            "wire_out=%llu wire_in=%llu max_msg=%llu lost_inflight=%llu "
            "stall_bytes=%llu resumed=%llu refused_outage=%llu mass=%llu "
-           "cpu_s=%.2f errors=%llu",
+           "cpu_s=%.2f maxrss_kb=%ld errors=%llu",
            tnow - t0, nslots, (unsigned long long)sessions, max_open,
            min_open_after_ready, (unsigned long long)t_msgs_sent,
            (unsigned long long)t_msgs_echoed, (unsigned long long)t_text,
@@ -1973,7 +1984,7 @@ main(int argc, char **argv)
            (unsigned long long)t_lost_inflight,
            (unsigned long long)t_stall_bytes, (unsigned long long)c_resumed,
            (unsigned long long)c_refused_outage, (unsigned long long)c_mass,
-           self_cpu(), (unsigned long long)e);
+           self_cpu(), self_maxrss(), (unsigned long long)e);
     for (int i = 0; i < E_N; i++)
         printf(" err_%s=%llu", err_name[i], (unsigned long long)errs[i]);
     for (int c = 0; c < C_N; c++)

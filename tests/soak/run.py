@@ -737,6 +737,9 @@ set output "{png}"
 set datafile separator "\\t"
 set multiplot layout 2,1 title "wsguard soak: {self.a.sessions} sessions, {self.a.duration} s (R reload, K backend kill, M mass disconnect)"
 set grid
+set lmargin 10
+set rmargin 10
+set key bottom right opaque
 set xrange [0:{max(s[0] for s in self.samples) + 1:.0f}]
 set object 1 rect from {w[0]}, graph 0 to {w[1]}, graph 1 fc rgb "#dddddd" fs solid 0.5 noborder behind
 set object 2 rect from {w[2]}, graph 0 to {w[3]}, graph 1 fc rgb "#dddddd" fs solid 0.5 noborder behind
@@ -783,9 +786,9 @@ unset multiplot
             "binary sha256 %s" % (self.a.duration, self.t_ready, self.a.sessions,
                                   self.binhash[:12]),
             "  sessions      %s in total (%s good); concurrent: max %s, min %s "
-            "outside faults" % (kv["sessions"], n("good", "ok") + n("good", "backend_cut")
-                                + n("good", "mass") + n("good", "refused_outage")
-                                + n("good", "error"), kv["max_open"], kv["min_open"]),
+            "outside faults; %s TLS resumptions" % (
+                kv["sessions"], self.count_cls("good"), kv["max_open"],
+                kv["min_open"], kv.get("resumed", "?")),
             "  messages    %s sent, %s echoed and verified (%s text, %s binary, "
             "%s fragmented; %s pings/pongs; %s wsguard heartbeats answered)" % (
                 kv["msgs_sent"], kv["msgs_echoed"], kv["text"], kv["binary"],
@@ -826,9 +829,10 @@ unset multiplot
                 f.get("rss1", 0) / 1024, f.get("rss2", 0) / 1024, self.idle_fds,
                 f.get("fd_max", 0), f.get("fd1", 0), f.get("fd2", 0), self.end_fds,
                 self.guard_cpu, self.guard_cpu / max(wall, 1), wall, self.guard_rc),
-            "  others      wssoak CPU %.1f s, wsecho CPU (last instance) %.1f s; "
-            "%d access-log records matched" % (tool_cpu, self.echo_cpu,
-                                                self.access_records),
+            "  others      wssoak CPU %.1f s (max RSS %.0f MiB), wsecho CPU (last "
+            "instance) %.1f s; %d access-log records matched" % (
+                tool_cpu, int(kv.get("maxrss_kb", "0")) / 1024, self.echo_cpu,
+                self.access_records),
             "  curve       %s%s" % (self.curve, (" and " + str(self.png))
                                     if getattr(self, "png", None) else ""),
         ]
@@ -892,9 +896,11 @@ def main():
         s.cleanup()
     for f in s.failures:
         print("soak: FAIL: " + f)
-    print("soak: %s (files in %s)" % ("PASS" if ok else "FAIL", s.dir))
     if ok and not a.out:
         shutil.rmtree(s.dir, ignore_errors=True)
+        print("soak: PASS (temporary files removed; --out DIR keeps them)")
+    else:
+        print("soak: %s (files in %s)" % ("PASS" if ok else "FAIL", s.dir))
     return 0 if ok else 1
 
 
