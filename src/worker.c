@@ -169,6 +169,10 @@ accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct worker *w = ev_userdata(loop);
 
+    /* The loop's cached time is that of the start of this iteration,
+     * which may be long past after a busy one: a connection's clock
+     * (handshake_timeout) starts from the real time of its accept. */
+    ev_now_update(loop);
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
