@@ -61,7 +61,8 @@ LG_AUTH=(--origin "$BENCH_ORIGIN" --token-in "$BENCH_TOKEN_IN")
 [ "$BENCH_JWT" = 1 ] && LG_AUTH+=(--jwt-secret "$BENCH_JWT_SECRET")
 # Limits high enough not to trip (256 KiB messages, 9,900 sessions).
 WSGUARD_LIMIT_ENV=(WSGUARD_LIMITS_MAX_PAYLOAD=1m
-    WSGUARD_SERVER_MAX_CONNECTIONS=100000 WSGUARD_SERVER_IDLE_TIMEOUT=5m)
+    WSGUARD_SERVER_MAX_CONNECTIONS=100000 WSGUARD_SERVER_IDLE_TIMEOUT=5m
+    WSGUARD_ADMIN_LISTEN=)          # off: 9090 may be taken by another run
 # ---------------------------------------------------------------------------
 
 ECHO_PORT=${ECHO_PORT:-9001}; GUARD_PORT=${GUARD_PORT:-9443}

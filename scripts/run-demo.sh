@@ -4,7 +4,10 @@
 # in front of it (wss://0.0.0.0:DEMO_PORT, conf/wsguard.ini plus the demo's
 # overrides below), until Ctrl-C or SIGTERM, which stop both and exit 0.
 #
-#   make run [DEMO_PORT=8443] [BACKEND_PORT=8080]
+#   make run [DEMO_PORT=8443] [BACKEND_PORT=8080] [ADMIN_PORT=9090]
+#
+# The admin listener (status page, metrics) is on 127.0.0.1:ADMIN_PORT;
+# ADMIN_PORT=0 picks a free port, ADMIN_PORT=off turns it off.
 #
 # The demo turns on the two checks wsguard is for, by environment overrides
 # (the file is not changed):
@@ -31,6 +34,7 @@ CONF=${WSGUARD_CONF:-conf/wsguard.ini}
 CERT=conf/certs/dev.crt
 BACKEND_PORT=${BACKEND_PORT:-8080}
 DEMO_PORT=${DEMO_PORT:-8443}
+ADMIN_PORT=${ADMIN_PORT:-9090}
 DEMO_ORIGIN=${DEMO_ORIGIN:-https://app.example.com}
 DEMO_DRAIN_TIMEOUT=${DEMO_DRAIN_TIMEOUT:-2s}
 
@@ -44,6 +48,10 @@ for p in "$BACKEND_PORT" "$DEMO_PORT"; do
     ''|*[!0-9]*) die "bad port '$p' (DEMO_PORT and BACKEND_PORT are numbers)" ;;
     esac
 done
+case "$ADMIN_PORT" in
+off) ;;
+''|*[!0-9]*) die "bad port '$ADMIN_PORT' (ADMIN_PORT is a number or off)" ;;
+esac
 [ "$BACKEND_PORT" != "$DEMO_PORT" ] || die "DEMO_PORT and BACKEND_PORT must differ"
 
 # Is a TCP port free to listen on (on any address)?
@@ -122,6 +130,11 @@ export WSGUARD_ORIGIN_ALLOW_MISSING=yes
 export WSGUARD_JWT_ENABLED=yes
 export WSGUARD_JWT_ALGORITHMS=HS256
 export WSGUARD_JWT_SECRET_FILE="$tmp/jwt.secret"
+if [ "$ADMIN_PORT" = off ]; then
+    export WSGUARD_ADMIN_LISTEN=
+else
+    export WSGUARD_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
+fi
 
 # wsguard's error log goes to the terminal and to a file the script reads to
 # know when it listens; its access log (stdout) goes to the terminal.
@@ -146,6 +159,16 @@ if ! wait_listening "$tmp/wsguard.err" "$wsguard_pid"; then
 fi
 
 url="wss://localhost:$DEMO_PORT/"
+admin_msg=
+admin=$(grep -o 'admin listening on [0-9.]*:[0-9]*' "$tmp/wsguard.err" | head -n 1 |
+        sed 's/admin listening on //')
+if [ -n "$admin" ]; then
+    admin_msg="
+   # the live status page (open in a browser) and the metrics
+   http://$admin/status
+   curl -s http://$admin/metrics | grep wsguard_connections
+"
+fi
 https="https://localhost:$DEMO_PORT/"
 upgrade="--http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='"
 cat <<MSG
@@ -164,7 +187,7 @@ cat <<MSG
 
    # refused: no token: 401 Unauthorized
    curl -s --cacert $CERT $upgrade '$https'
-
+$admin_msg
 == Ctrl-C stops wsguard and the backend.
 
 MSG

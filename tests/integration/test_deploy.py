@@ -362,6 +362,8 @@ allow_pattern = https://([a-z]+\\.)*example\\.com
 enabled = yes
 algorithms = HS256
 secret = {secret}
+[admin]
+listen = 127.0.0.1:0
 """)
     trace = tmp_path / "strace.out"
     env = clean_env()
@@ -381,6 +383,8 @@ secret = {secret}
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         wsg = int(children.read_text().split()[0])
         port = int(re.search(r"listening on \S+:(\d+)", line).group(1))
+        aline = wait_line(lines, "admin listening on", 20)
+        aport = int(re.search(r"admin listening on \S+:(\d+)", aline).group(1))
         ctx = ssl.create_default_context(cafile=certs.cert)
         token = hs256_token(secret.encode(), "syscalls")
 
@@ -395,6 +399,17 @@ secret = {secret}
                                               origin="https://evil.com"):
                     pass
         asyncio.run(asyncio.wait_for(session(), 30))
+        # The admin thread's calls too: a scrape and a revocation.
+        for req in (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"POST /revoke HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 16\r\n\r\n{\"sub\":\"nobody\"}"):
+            with socket.create_connection(("127.0.0.1", aport), 10) as s:
+                s.sendall(req)
+                s.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+            assert got.startswith((b"HTTP/1.1 200", b"HTTP/1.1 202")), got[:200]
         os.kill(wsg, signal.SIGHUP)
         wait_line(lines, "configuration reloaded", 20)
         os.kill(wsg, signal.SIGTERM)
@@ -705,7 +720,9 @@ class Demo:
 def demo_env(demo_port, backend_port):
     return clean_env({"WSGUARD_BIN": os.path.abspath(wsguard_bin()),
                       "DEMO_PORT": str(demo_port),
-                      "BACKEND_PORT": str(backend_port)})
+                      "BACKEND_PORT": str(backend_port),
+                      # a free port: 9090 may be taken by another run
+                      "ADMIN_PORT": "0"})
 
 
 def check_demo_commands(demo, demo_port, cafile, hold=False):

@@ -259,6 +259,10 @@ control_frames_per_second = 20
 [log]
 level = info
 access_log = {self.access}
+
+[admin]
+; a free port: the default 9090 may be another run's
+listen = 127.0.0.1:0
 """
         tmp = self.ini.with_suffix(".tmp")
         tmp.write_text(text)
