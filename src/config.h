@@ -164,9 +164,24 @@ struct config {
  * NULL after calling err(line, ctx) once per error, each already formatted
  * as "FILE:LINE: message" (environment errors as "env WSGUARD_X: message").
  * Errors are collected: every problem is reported, not only the first.
- * Validation includes that cert/key files are readable when tls is on.
+ * Validation includes that cert/key files are readable when tls is on,
+ * and that they load when a TLS check is installed (below).
  */
 typedef void (*config_err_fn)(const char *msg, void *ctx);
+
+/* A problem with the value of [tls] key, found by a check outside this
+ * module; the loader blames it on the key's line. */
+typedef void (*config_key_report_fn)(const char *key, const char *msg,
+                                     void *arg);
+
+/* The check of the [tls] files (chains, keys, CA, SNI names, ciphers)
+ * that validation runs when TLS is on. It is tls_check() (tls.h), which
+ * sits above this module (it reads the configuration), so the program
+ * installs it (main.c, the tests) instead of config.c calling up. Without
+ * one the files are only checked to be readable. */
+typedef int (*config_tls_check_fn)(const struct config *cfg,
+                                   config_key_report_fn report, void *arg);
+void config_set_tls_check(config_tls_check_fn fn);
 struct config *config_load(const char *path, char *const *envp,
                            config_err_fn err, void *ctx);
 

@@ -40,6 +40,7 @@
 #include "netaddr.h"
 #include "stats.h"
 #include "runtime.h"
+#include "tls.h"
 #include "worker.h"
 
 #define WSGUARD_VERSION "0.1.0"
@@ -475,6 +476,8 @@ main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Configuration validation loads the [tls] files as the server will. */
+    config_set_tls_check(tls_check);
     if (probe)
         return healthcheck();
 

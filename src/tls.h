@@ -25,7 +25,7 @@
 /* A problem found while building the contexts: key is the [tls] key it
  * belongs to ("cert", "key", "extra_certs", "client_ca", "ciphers",
  * "ciphersuites"), msg the text without that prefix. */
-typedef void (*tls_report_fn)(const char *key, const char *msg, void *arg);
+typedef config_key_report_fn tls_report_fn;
 
 /* Build the default context and the SNI ones: certificate chains and
  * keys (PEM, RSA or ECDSA; extra_certs files hold chain and key

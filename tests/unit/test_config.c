@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "config_table.h"
+#include "tls.h"
 
 /* ---- collected messages */
 
@@ -1116,6 +1117,8 @@ test_table(void **state)
 int
 main(void)
 {
+    /* As main.c does: validation loads the [tls] files. */
+    config_set_tls_check(tls_check);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_values),
