@@ -672,13 +672,21 @@ def dev_cert():
     return str(REPO / "conf/certs/dev.crt")
 
 
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Demo:
     """scripts/run-demo.sh (or `make run`) in a session of its own, as a
     terminal would run it, with its output read line by line."""
 
     def __init__(self, cmd, env):
+        # As from a terminal: SIGINT at its default. A suite started in the
+        # background of a non-interactive shell inherits SIGINT ignored,
+        # and bash cannot trap a signal ignored at its start.
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env,
                                      start_new_session=True,
+                                     preexec_fn=default_sigint,
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -687,6 +695,18 @@ class Demo:
 
     def wait(self, needle, timeout=60):
         return wait_line(self.lines, needle, timeout, self.seen)
+
+    def output(self):
+        """Everything printed so far (for a failure message)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+        return "".join(self.seen)
 
     def commands(self):
         """The three commands printed after the ready line."""
@@ -775,7 +795,11 @@ def test_demo_ctrl_c_stops_cleanly(dev_cert):
         async def stop_while_connected():
             ws = await go()
             os.killpg(demo.proc.pid, signal.SIGINT)
-            await asyncio.wait_for(ws.wait_closed(), 30)
+            try:
+                await asyncio.wait_for(ws.wait_closed(), 30)
+            except asyncio.TimeoutError:
+                raise AssertionError("no close within 30 s of Ctrl-C; the "
+                                     "demo said:\n" + demo.output())
             return ws.close_code
         assert asyncio.run(stop_while_connected()) == 1001
         rc, out = demo.finish()
