@@ -118,6 +118,13 @@ bench: deps all
 	@$(MAKE) --no-print-directory -C bench
 	@bench/run.sh
 
+# What cluster mode costs (bench/cluster.sh, docs/performance.md "Cluster
+# mode"): upgrades/s without and with [cluster], revocation fan-out.
+.PHONY: bench-cluster
+bench-cluster: deps all
+	@$(MAKE) --no-print-directory -C bench
+	@bench/cluster.sh
+
 clean:
 	rm -rf build build-asan
 
