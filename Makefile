@@ -5,6 +5,7 @@
 #   make test    install, build, run every test (unit, fuzz regressions,
 #                integration); ends with "N passed, N failed"
 #   make asan    the whole suite against an ASan + UBSan build
+#   make lint    clang-tidy, cppcheck and scan-build over src/, clean
 #   make fuzz    build the libFuzzer targets and run each for FUZZ_TIME s
 #   make bench   side-by-side benchmark (see docs/performance.md)
 
@@ -42,7 +43,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 REGR_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/regress/%)
 
 .PHONY: all run test unit unit-build itest asan fuzz fuzz-regress bench deps cert \
-        clean check install uninstall container-test deploy-test
+        clean check install uninstall container-test deploy-test lint
 
 all: $(BUILD)/wsguard
 
@@ -97,6 +98,11 @@ fuzz-regress: $(REGR_BIN)
 test: deps
 	@$(MAKE) --no-print-directory all unit-build fuzz-regress
 	@scripts/run-tests.sh $(BUILD)
+
+# Static analysis: clang-tidy (.clang-tidy), cppcheck
+# (tests/lint/cppcheck.supp) and scan-build; any finding fails.
+lint: deps
+	@scripts/lint.sh
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan CC=clang-14 \

@@ -1817,8 +1817,10 @@ static void *
 admin_main(void *arg)
 {
     ev_run(aloop, 0);
-    while (aconns != NULL)
-        aconn_free(aconns);
+    for (struct aconn *c = aconns, *next; c != NULL; c = next) {
+        next = c->next;
+        aconn_free(c);
+    }
     return NULL;
 }
 
@@ -2086,9 +2088,14 @@ admin_healthcheck(const struct config *cfg, double timeout)
     }
     close(fd);
     resp[got] = '\0';
+    /* "HTTP/1.x NNN " */
     int status = 0;
-    if (sscanf(resp, "HTTP/1.%*d %3d", &status) != 1)
+    if (got < 13 || strncmp(resp, "HTTP/1.", 7) != 0 || resp[7] < '0' || resp[7] > '9' ||
+        resp[8] != ' ' || resp[9] < '1' || resp[9] > '5' ||
+        resp[10] < '0' || resp[10] > '9' || resp[11] < '0' ||
+        resp[11] > '9' || (resp[12] != ' ' && resp[12] != '\r'))
         return hc_fail("%s: not an HTTP answer", where);
+    status = (resp[9] - '0') * 100 + (resp[10] - '0') * 10 + (resp[11] - '0');
     if (status != 200)
         return hc_fail("GET http://%s/healthz: %d%s", where, status,
                        status == 403 ? " (is the probe's address in "

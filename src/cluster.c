@@ -105,8 +105,10 @@ scripts_hash(void)
         unsigned len = 0;
         EVP_Digest(script_text[i], strlen(script_text[i]), md, &len,
                    EVP_sha1(), NULL);
-        for (unsigned j = 0; j < 20; j++)
-            snprintf(script_sha[i] + 2 * j, 3, "%02x", md[j]);
+        for (size_t j = 0; j < 20; j++) {
+            script_sha[i][2 * j] = "0123456789abcdef"[md[j] >> 4];
+            script_sha[i][2 * j + 1] = "0123456789abcdef"[md[j] & 15];
+        }
     }
 }
 
@@ -125,7 +127,7 @@ read_password(const char *path, char *err, size_t cap)
         return NULL;
     }
     n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
+    (void)fclose(f);       /* read only: nothing to lose */
     if (n > PASSWORD_MAX) {
         snprintf(err, cap, "password_file %s: longer than %d bytes", path,
                  PASSWORD_MAX);
@@ -209,7 +211,8 @@ concat(const char *a, const char *b)
 
     if (s != NULL) {
         memcpy(s, a, la);
-        memcpy(s + la, b, lb + 1);
+        memcpy(s + la, b, lb);
+        s[la + lb] = '\0';
     }
     return s;
 }
@@ -256,8 +259,10 @@ cluster_new(const struct config *cfg, char *err, size_t cap)
         snprintf(err, cap, "no random bytes for the replica id");
         goto fail;
     }
-    for (size_t i = 0; i < sizeof id; i++)
-        snprintf(cl->replica + 2 * i, 3, "%02x", id[i]);
+    for (size_t i = 0; i < sizeof id; i++) {
+        cl->replica[2 * i] = "0123456789abcdef"[id[i] >> 4];
+        cl->replica[2 * i + 1] = "0123456789abcdef"[id[i] & 15];
+    }
     cl->timeout = (double)cfg->cluster_timeout_ms / 1000.0;
     cl->lease_ms = cfg->cluster_lease_ms;
     cl->revoke_ttl_ms = cfg->cluster_revoke_ttl_ms;

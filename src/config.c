@@ -848,7 +848,7 @@ set_list(const struct config_option *o, void *base, const char *value,
             if (parse_backend(item, &b, err, errlen) == -1)
                 return -1;
             backend_free(&b);
-        } else if (o->check(item, err, errlen) == -1) {
+        } else if (o->check != NULL && o->check(item, err, errlen) == -1) {
             return -1;
         }
     }
@@ -1130,7 +1130,7 @@ route_header(struct loader *l, const char *p)
                    p, r->line);
         return;
     }
-    v = realloc(l->routes, (l->nroutes + 1) * sizeof *v);
+    v = realloc(l->routes, (l->nroutes + 1) * sizeof(struct route_build *));
     if (v == NULL) {
         file_error(l, l->lineno, "out of memory");
         return;
@@ -1490,7 +1490,7 @@ check_readable(struct loader *l, size_t i, const char *path)
     FILE *f = fopen(path, "r");
 
     if (f != NULL) {
-        fclose(f);
+        (void)fclose(f);       /* read only: nothing to lose */
         return;
     }
     where_option(l, i, NULL, where, sizeof where);
@@ -1777,7 +1777,7 @@ config_load(const char *path, char *const *envp, config_err_fn err,
     c = load(path ? path : "(defaults)", path, f, open_errno, envp, err,
              ctx);
     if (f != NULL)
-        fclose(f);
+        (void)fclose(f);       /* read only: nothing to lose */
     return c;
 }
 
@@ -1791,13 +1791,13 @@ config_load_string(const char *name, const char *text, char *const *envp,
     struct config *c;
 
     /* fmemopen() wants a writable-looking pointer but "r" never writes. */
-    if (len > 0 && (f = fmemopen((void *)(uintptr_t)text, len, "r"))
+    if (len > 0 && (f = fmemopen((char *)text, len, "r"))
         == NULL)
         open_errno = errno;
     c = load(name ? name : "(string)", NULL, f, open_errno, envp, err,
              ctx);
     if (f != NULL)
-        fclose(f);
+        (void)fclose(f);       /* read only: nothing to lose */
     return c;
 }
 

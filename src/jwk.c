@@ -24,7 +24,7 @@
 
 /* A secret file, a PEM file or a JWK Set larger than this is certainly a
  * wrong path (a log file, a binary): refuse rather than read it all. */
-#define JWK_FILE_MAX (1024 * 1024)
+#define JWK_FILE_MAX ((size_t)1024 * 1024)
 #define JWK_SECRET_MIN 32
 
 static const char *const jwa_names[JWA_COUNT] = {
@@ -140,20 +140,20 @@ read_small_file(const char *path, size_t *len, char *err, size_t cap)
     }
     buf = malloc(JWK_FILE_MAX + 1);
     if (buf == NULL) {
-        fclose(f);
+        (void)fclose(f);       /* read only: nothing to lose */
         snprintf(err, cap, "out of memory");
         return NULL;
     }
     n = fread(buf, 1, JWK_FILE_MAX + 1, f);
     if (ferror(f)) {
         snprintf(err, cap, "%s: read error", path);
-        fclose(f);
+        (void)fclose(f);       /* read only: nothing to lose */
         free(buf);
         return NULL;
     }
-    fclose(f);
+    (void)fclose(f);       /* read only: nothing to lose */
     if (n > JWK_FILE_MAX) {
-        snprintf(err, cap, "%s: larger than %d bytes", path, JWK_FILE_MAX);
+        snprintf(err, cap, "%s: larger than %zu bytes", path, JWK_FILE_MAX);
         free(buf);
         return NULL;
     }

@@ -610,7 +610,8 @@ rebuild(const char *v, size_t len, char sep, const char *skip,
             continue;
         if (*o + jl + (e - b) >= cap)
             return -1;
-        memcpy(out + *o, j, jl);
+        /* out is a counted buffer (*o), not a C string. */
+        memcpy(out + *o, j, jl);    /* NOLINT(bugprone-not-null-terminated-result) */
         memcpy(out + *o + jl, v + b, e - b);
         *o += jl + (e - b);
         any = true;

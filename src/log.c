@@ -33,7 +33,7 @@ static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 enum dest { DEST_ERR = 0, DEST_ACCESS = 1 };
 
-#define RING_SIZE (256 * 1024)  /* per thread: about 1,000 access lines */
+#define RING_SIZE ((size_t)256 * 1024)  /* per thread: about 1,000 access lines */
 #define ENTRY_HDR 3             /* dest, length (2 bytes) */
 #define LINE_MAX_LEN 4096
 

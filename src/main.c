@@ -475,7 +475,7 @@ main(int argc, char **argv)
         usage(stderr);
         return 1;
     }
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN);
     /* Configuration validation loads the [tls] files as the server will. */
     config_set_tls_check(tls_check);
     if (probe)

@@ -456,7 +456,7 @@ build_sni(struct build *b, SSL_CTX *def, int def_ok)
         fail(b, "extra_certs", "out of memory");
         return;
     }
-    if ((t->ctxs = calloc(files->n, sizeof *t->ctxs)) == NULL) {
+    if ((t->ctxs = calloc(files->n, sizeof(SSL_CTX *))) == NULL) {
         fail(b, "extra_certs", "out of memory");
         return;
     }
@@ -660,9 +660,12 @@ tls_peer_identity(const SSL *ssl, char *out, size_t cap)
         return 0;
     }
     char hex[2 * EVP_MAX_MD_SIZE + 1];
-    for (unsigned i = 0; i < mdlen; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-    if (out_pair(&o, "Hash", (const unsigned char *)hex, 2 * mdlen, 0))
+    for (size_t i = 0; i < mdlen; i++) {
+        hex[2 * i] = "0123456789abcdef"[md[i] >> 4];
+        hex[2 * i + 1] = "0123456789abcdef"[md[i] & 15];
+    }
+    if (out_pair(&o, "Hash", (const unsigned char *)hex, 2 * (size_t)mdlen,
+                 0))
         return 0;
 
     /* RFC 2253 form, most specific first; control characters and bytes

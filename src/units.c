@@ -86,8 +86,8 @@ units_duration_ms(const char *s, uint64_t *out_ms)
         { "", 1000 },           /* a bare number is seconds */
         { "s", 1000 },
         { "ms", 1 },
-        { "m", 60 * 1000 },
-        { "h", 60 * 60 * 1000 },
+        { "m", 60ull * 1000 },
+        { "h", 60ull * 60 * 1000 },
     };
     return parse_scaled(s, t, sizeof t / sizeof t[0], out_ms);
 }
@@ -98,8 +98,8 @@ units_size(const char *s, uint64_t *out)
     static const struct suffix t[] = {
         { "", 1 },
         { "k", 1024 },
-        { "m", 1024 * 1024 },
-        { "g", 1024 * 1024 * 1024 },
+        { "m", 1024ull * 1024 },
+        { "g", 1024ull * 1024 * 1024 },
     };
     return parse_scaled(s, t, sizeof t / sizeof t[0], out);
 }

@@ -102,7 +102,9 @@ bound_port(int fd, char *host, size_t cap)
         getnameinfo((struct sockaddr *)&ss, len, host, (socklen_t)cap, port,
                     sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return -1;
-    return atoi(port);
+    char *end;
+    long p = strtol(port, &end, 10);
+    return *end == '\0' && p > 0 && p < 65536 ? (int)p : -1;
 }
 
 int

@@ -361,7 +361,8 @@ ws_build_close(uint8_t *out, unsigned code, const char *reason,
     }
     /* RFC 6455 §5.5: control frames are never fragmented. */
     hlen = ws_write_header(out, 1, WS_OP_CLOSE, key, plen);
-    memcpy(out + hlen, payload, plen);
+    if (plen > 0)
+        memcpy(out + hlen, payload, plen);
     if (key != NULL)
         ws_mask(out + hlen, plen, key, 0);
     return hlen + plen;
