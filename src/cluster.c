@@ -498,15 +498,13 @@ cluster_acquire(struct cluster_worker *cw, const struct ip_key *k,
     return 0;
 }
 
-void
-cluster_forget(struct cluster_worker *cw, const struct ip_key *k)
-{
-    if (cw->held != NULL)
-        iplimit_release(cw->held, k);
-}
-
-void
-cluster_release(struct cluster_worker *cw, const struct ip_key *k)
+/* The held count for k goes down by one, and Redis is told the new
+ * absolute count when it can be: a count written meanwhile (a release
+ * while this slot was still being asked for) may have included it. When
+ * Redis cannot be told now, the renewal after reconnecting or the lease
+ * sets it right. */
+static void
+drop_slot(struct cluster_worker *cw, const struct ip_key *k)
 {
     struct ip_count v;
 
@@ -514,11 +512,22 @@ cluster_release(struct cluster_worker *cw, const struct ip_key *k)
         return;
     iplimit_release(cw->held, k);
     if (!redis_ready(&cw->cmd))
-        return;                 /* the renewal after reconnecting, or the
-                                   lease, sets it right */
+        return;
     v.key = *k;
     v.count = iplimit_count(cw->held, k);
     send_counts(cw, &v, 1);
+}
+
+void
+cluster_forget(struct cluster_worker *cw, const struct ip_key *k)
+{
+    drop_slot(cw, k);
+}
+
+void
+cluster_release(struct cluster_worker *cw, const struct ip_key *k)
+{
+    drop_slot(cw, k);
 }
 
 /* ---- revocation ---------------------------------------------------------- */

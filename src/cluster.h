@@ -116,13 +116,13 @@ int cluster_up(const struct cluster_worker *cw);
 int cluster_acquire(struct cluster_worker *cw, const struct ip_key *k,
                     uint64_t limit, uintptr_t tag);
 
-/* The slot was not kept: the held count goes down (Redis was not
- * changed, or the next renewal or the lease corrects it). */
+/* The slot was not kept (refused, or CLUSTER_OVER) / is given back at
+ * the connection's end: either way the held count goes down and the new
+ * absolute count is written asynchronously (a count written while the
+ * slot was being asked for may have included it; a field at 0 is
+ * deleted). When Redis cannot be told now, the renewal after
+ * reconnecting, or the lease, corrects it. */
 void cluster_forget(struct cluster_worker *cw, const struct ip_key *k);
-
-/* Give a slot back at the connection's end: the held count goes down and
- * the new count is written asynchronously; when Redis cannot be told now,
- * the next renewal (or the lease) corrects it. */
 void cluster_release(struct cluster_worker *cw, const struct ip_key *k);
 
 /* Store rv for its ttl and publish it to every replica. 0 sent, -1 Redis

@@ -19,6 +19,7 @@
 #define BACKOFF_MAX 5.0
 #define MAX_PENDING 65536       /* commands in flight: beyond, refuse */
 #define MAX_OUT (4u << 20)      /* bytes queued to write: beyond, refuse */
+#define KEEPALIVE 5.0           /* s between a subscriber's PINGs */
 
 struct redis_pending {
     struct redis_pending *next;
@@ -156,8 +157,6 @@ fail_pending(struct redis *r)
 static void
 lost(struct redis *r, const char *why, int err)
 {
-    int was_ready = r->state == RS_READY;
-
     set_error(r, why, err);
     r->errors++;
     log_warn("redis %s:%s: %s", r->target->host, r->target->port,
@@ -171,11 +170,14 @@ lost(struct redis *r, const char *why, int err)
     }
     r->out_len = r->out_off = 0;
     r->internal = 0;
+    r->write_failed = 0;
+    r->ping_out = 0;
+    ev_timer_stop(r->loop, &r->keepalive);
     r->state = RS_DOWN;
     fail_pending(r);
     arm_timer(r, r->backoff);
     r->backoff = r->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : r->backoff * 2;
-    if (was_ready && r->on_state != NULL)
+    if (r->on_state != NULL)    /* lost, or an attempt that failed */
         r->on_state(r->priv, 0);
 }
 
@@ -227,33 +229,42 @@ watch(struct redis *r)
     side_watch(&r->s, rd, wr);
 }
 
-static void
-flush_out(struct redis *r)
+/* Write what is queued as far as the socket takes it: 0 (all written or
+ * the rest waits for writability), -1 on an error (errno set). */
+static int
+try_flush(struct redis *r)
 {
     while (r->out_off < r->out_len) {
         size_t n;
         enum io_result res = side_write(&r->s, r->out + r->out_off,
                                         r->out_len - r->out_off, &n);
         if (res == IO_AGAIN)
-            return;
-        if (res != IO_OK) {
-            lost(r, "write failed", errno);
-            return;
-        }
+            return 0;
+        if (res != IO_OK)
+            return -1;
         r->out_off += n;
     }
     r->out_len = r->out_off = 0;
+    return 0;
 }
 
-/* The connection is up: AUTH, SELECT and SUBSCRIBE go first. */
 static void
-became_ready(struct redis *r)
+flush_out(struct redis *r)
+{
+    if (try_flush(r) != 0)
+        lost(r, "write failed", errno);
+}
+
+/* Connected: AUTH, SELECT and a PING go first; the connection is usable
+ * once all three are answered (dispatch), and SUBSCRIBE follows them. */
+static void
+begin_setup(struct redis *r)
 {
     const struct redis_target *t = r->target;
     char db[16];
 
-    r->state = RS_READY;
-    r->backoff = BACKOFF_MIN;
+    r->state = RS_SETUP;
+    arm_timer(r, r->timeout);
     if (t->password != NULL) {
         const char *a[] = { "AUTH", t->password };
         size_t l[] = { 4, strlen(t->password) };
@@ -267,13 +278,32 @@ became_ready(struct redis *r)
         send_argv(r, 2, a, l);
         r->internal++;
     }
+    {
+        const char *a[] = { "PING" };
+        size_t l[] = { 4 };
+        send_argv(r, 1, a, l);
+        r->internal++;
+    }
     if (r->subscribe != NULL) {
         const char *a[] = { "SUBSCRIBE", r->subscribe };
         size_t l[] = { 9, strlen(r->subscribe) };
         send_argv(r, 2, a, l);
     }
     flush_out(r);
-    if (r->state == RS_READY && r->on_state != NULL)
+}
+
+/* Redis answered the set-up: usable from now on. */
+static void
+became_ready(struct redis *r)
+{
+    r->state = RS_READY;
+    r->backoff = BACKOFF_MIN;
+    arm_for_pending(r);
+    if (r->subscribe != NULL) {
+        ev_timer_set(&r->keepalive, KEEPALIVE, KEEPALIVE);
+        ev_timer_start(r->loop, &r->keepalive);
+    }
+    if (r->on_state != NULL)
         r->on_state(r->priv, 1);
 }
 
@@ -334,10 +364,18 @@ dispatch(struct redis *r, redisReply *reply)
             snprintf(why, sizeof why, "setup refused: %.*s",
                      (int)(reply->len < 80 ? reply->len : 80), reply->str);
             lost(r, why, 0);
+        } else if (r->internal == 0) {
+            became_ready(r);
         }
         return;
     }
     if (r->subscribe != NULL) {
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+            reply->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(reply->element[0]->str, "pong") == 0) {
+            r->ping_out = 0;
+            return;
+        }
         if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
             reply->element[0]->type == REDIS_REPLY_STRING &&
             strcmp(reply->element[0]->str, "message") == 0 &&
@@ -366,7 +404,7 @@ read_replies(struct redis *r)
 {
     char buf[16384];
 
-    for (int i = 0; i < 8 && r->state == RS_READY; i++) {
+    for (int i = 0; i < 8 && r->state >= RS_SETUP; i++) {
         size_t n;
         enum io_result res = side_read(&r->s, buf, sizeof buf, &n);
         if (res == IO_AGAIN)
@@ -381,7 +419,7 @@ read_replies(struct redis *r)
             return;
         }
         void *reply;
-        while (r->state == RS_READY) {
+        while (r->state >= RS_SETUP) {
             if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
                 lost(r, "protocol error", 0);
                 return;
@@ -415,8 +453,7 @@ redis_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (r->s.ssl != NULL) {
             r->state = RS_HANDSHAKE;
         } else {
-            ev_timer_stop(r->loop, &r->timer);
-            became_ready(r);
+            begin_setup(r);
             break;
         }
         __attribute__((fallthrough));   /* TLS: the handshake starts */
@@ -431,14 +468,14 @@ redis_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             lost(r, msg, 0);
             return;
         }
-        ev_timer_stop(r->loop, &r->timer);
-        became_ready(r);
+        begin_setup(r);
         break;
     }
+    case RS_SETUP:
     case RS_READY:
         if ((revents & EV_WRITE) || r->s.wr_wants_rd)
             flush_out(r);
-        if (r->state == RS_READY)
+        if (r->state >= RS_SETUP)
             read_replies(r);
         if (r->state == RS_READY)
             arm_for_pending(r);
@@ -464,13 +501,43 @@ redis_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     case RS_HANDSHAKE:
         lost(r, "connect timed out", 0);
         break;
+    case RS_SETUP:
+        lost(r, "no answer to the connection set-up in time", 0);
+        break;
     case RS_READY:
-        if (r->head != NULL && r->head->deadline <= ev_now(r->loop) + 0.0005)
+        if (r->write_failed)
+            lost(r, "write failed", 0);
+        else if (r->head != NULL && r->head->deadline <= ev_now(r->loop) + 0.0005)
             lost(r, "no answer in time", 0);
         else
             arm_for_pending(r);
         break;
     }
+}
+
+/* A subscriber's PING: the previous one must have been answered. */
+static void
+keepalive_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct redis *r = t->data;
+    const char *a[] = { "PING" };
+    size_t l[] = { 4 };
+
+    (void)loop;
+    if (r->state != RS_READY)
+        return;
+    if (r->ping_out) {
+        lost(r, "no answer to a keepalive PING", 0);
+        return;
+    }
+    if (send_argv(r, 1, a, l) != 0) {
+        lost(r, "out of memory", 0);
+        return;
+    }
+    r->ping_out = 1;
+    flush_out(r);
+    if (r->state != RS_DOWN)
+        watch(r);
 }
 
 void
@@ -492,6 +559,8 @@ redis_init(struct redis *r, struct ev_loop *loop,
     r->s.rd.data = r->s.wr.data = r;
     ev_init(&r->timer, redis_timer_cb);
     r->timer.data = r;
+    ev_init(&r->keepalive, keepalive_cb);
+    r->keepalive.data = r;
     arm_timer(r, 0);
 }
 
@@ -533,8 +602,15 @@ redis_command(struct redis *r, redis_cb cb, void *priv, int argc,
     r->npending++;
     if (r->head == p)
         arm_for_pending(r);
-    /* Written when the socket says so: a write failing here would fail
-     * the command (and run cb) before the caller had even returned. */
+    /* Written now, not one loop iteration later (behind whatever else
+     * the worker does first). A write that fails here must not fail the
+     * command (and run cb) before the caller has even returned: the
+     * connection is dropped from the timer instead. */
+    if (!r->write_failed && try_flush(r) != 0) {
+        r->write_failed = 1;
+        arm_timer(r, 0);
+        return 0;
+    }
     watch(r);
     return 0;
 }
@@ -543,6 +619,7 @@ void
 redis_close(struct redis *r)
 {
     ev_timer_stop(r->loop, &r->timer);
+    ev_timer_stop(r->loop, &r->keepalive);
     side_close(&r->s);
     if (r->reader != NULL) {
         redisReaderFree(r->reader);

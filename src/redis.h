@@ -14,9 +14,15 @@
  * 5 s). Nothing here blocks: while the connection is down, commands fail
  * at once and the caller applies its own policy (on_error).
  *
+ * A connection is usable (and on_state(1) called, and the back-off reset)
+ * only once Redis has answered the set-up (AUTH, SELECT and a PING): a
+ * server that accepts connections but never answers, or refuses the
+ * password, stays down and is retried with back-off.
+ *
  * A client in subscriber mode (redis_subscribe) receives published
- * messages through on_message instead, and renews its subscription after
- * every reconnect.
+ * messages through on_message instead, renews its subscription after
+ * every reconnect, and sends a PING every few seconds: a connection
+ * whose path died silently is noticed and made again.
  */
 #ifndef WSGUARD_REDIS_H
 #define WSGUARD_REDIS_H
@@ -34,7 +40,8 @@
  * reply is freed after the callback returns. */
 typedef void (*redis_cb)(void *priv, const redisReply *reply);
 
-/* Connection state changes (up = 1 when ready, 0 when lost). */
+/* Connection state: up = 1 when usable, 0 when it is lost and after
+ * every connection attempt that fails (each one is an error to count). */
 typedef void (*redis_state_cb)(void *priv, int up);
 
 /* A message published on a subscribed channel. */
@@ -62,7 +69,9 @@ struct redis {
         RS_DOWN = 0,            /* waiting to reconnect */
         RS_CONNECTING,          /* TCP connect in progress */
         RS_HANDSHAKE,           /* TLS handshake */
-        RS_READY                /* AUTH, SELECT, SUBSCRIBE sent: usable */
+        RS_SETUP,               /* AUTH, SELECT, PING sent: not usable
+                                   until Redis has answered them all */
+        RS_READY                /* answered: usable */
     } state;
     struct side s;
     ev_timer timer;             /* connect/command deadline, back-off */
@@ -72,7 +81,12 @@ struct redis {
     size_t out_len, out_off, out_cap;
     struct redis_pending *head, *tail;  /* sent, awaiting replies */
     unsigned npending;
-    int internal;               /* replies still due to AUTH/SELECT */
+    int internal;               /* replies still due to AUTH/SELECT/PING */
+    int write_failed;           /* a write failed in redis_command():
+                                   the connection is dropped from the
+                                   timer, not under the caller */
+    ev_timer keepalive;         /* subscriber: PING every KEEPALIVE s */
+    int ping_out;               /* subscriber: a PING is unanswered */
     const char *subscribe;      /* channel, for a subscriber client */
     redis_state_cb on_state;
     redis_msg_cb on_message;

@@ -311,12 +311,14 @@ revoke_apply(struct worker *w, struct revoke_node *q)
     while (rev != NULL) {
         struct revoke_node *next = rev->next;
         struct revoke_job *job = rev->job;
-        unsigned n = w->stopped ? 0 : conn_revoke(w, &job->rv);
 
-        atomic_fetch_add(&job->closed, n);
+        /* The other replicas first: closing this worker's own sessions
+         * takes a while with thousands of them. */
         if (job->publish && w->id == 0 && w->cluster != NULL &&
             !w->stopped && cluster_publish(&w->cw, &job->rv) == 0)
             atomic_store(&job->published, 1);
+        unsigned n = w->stopped ? 0 : conn_revoke(w, &job->rv);
+        atomic_fetch_add(&job->closed, n);
         revoke_finish(job);
         rev = next;
     }

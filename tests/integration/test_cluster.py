@@ -15,8 +15,11 @@ replica's share free within lease + 1 s, a revoked token accepted again
 not before its ttl) only bound what a slow machine can only make later,
 or leave a wide margin; one test observes a rate (reconnections over 6 s).
 
-Tests marked xfail(strict=True) show wsguard bugs found here (see their
-reasons); they fail today and must start passing once fixed.
+Three of them found wsguard bugs, now fixed: a connection counted as up
+before Redis had answered anything (test_unresponsive_redis_closed_not_ready),
+no back-off after a refused password (test_wrong_password_backs_off), and a
+refused slot left in Redis for the whole lease
+(test_refused_while_releasing_leaves_no_phantom).
 """
 
 import json
@@ -782,11 +785,6 @@ def test_unresponsive_redis_on_error_closed(backend, wsguard_factory, redis, pre
             bh.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "redis.c became_ready() marks the connection up (wsguard_cluster_up 1, "
-    "/readyz 200) as soon as TCP connects, before Redis has answered anything; "
-    "with a Redis that never answers, /readyz says ready ~80% of the time "
-    "while every upgrade is refused 503 (on_error = closed)"))
 def test_unresponsive_redis_closed_not_ready(backend, wsguard_factory):
     """docs/scaling.md: a Redis that does not answer in time is treated as
     down, and with on_error = closed /readyz is 503 while it is down. Once
@@ -889,11 +887,6 @@ def test_auth_password_file(backend, wsguard_factory, tmp_path, prefix):
         r.kill()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "redis.c became_ready() resets the back-off to 100 ms as soon as TCP "
-    "connects, before AUTH is answered: with a wrong password wsguard "
-    "reconnects (and logs WRONGPASS) every ~100 ms forever instead of "
-    "backing off to 5 s"))
 def test_wrong_password_backs_off(backend, wsguard_factory, tmp_path, prefix):
     """docs/scaling.md: a connection that fails is made again with back-off,
     100 ms doubling to 5 s. Refused at AUTH (WRONGPASS), each of worker 0's
@@ -920,13 +913,6 @@ def test_wrong_password_backs_off(backend, wsguard_factory, tmp_path, prefix):
 # ==========================================================================
 # a slot refused while another is given back
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cluster.c: a refused acquisition (CLUSTER_OVER) is undone only locally "
-    "(cluster_forget), but a release sent while it was pending wrote a count "
-    "that included it; when the worker's count for the address drops to 0 "
-    "nothing rewrites the field (renew_all skips addresses held 0 times), so "
-    "a phantom slot stays in Redis for the whole lease and other replicas "
-    "get 429 for it"))
 def test_refused_while_releasing_leaves_no_phantom(backend, wsguard_factory, redis, prefix):
     """Replica A holds S1, replica B holds S2 (limit 2, lease 30 s). Redis
     is made to pause (DEBUG SLEEP): meanwhile an upgrade X comes to A (its
