@@ -6,6 +6,7 @@
 #                integration); ends with "N passed, N failed"
 #   make asan    the whole suite against an ASan + UBSan build
 #   make lint    clang-tidy, cppcheck and scan-build over src/, clean
+#   make valgrind  an integration subset under Valgrind memcheck
 #   make fuzz    build the libFuzzer targets and run each for FUZZ_TIME s
 #   make bench   side-by-side benchmark (see docs/performance.md)
 
@@ -43,7 +44,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 REGR_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/regress/%)
 
 .PHONY: all run test unit unit-build itest asan fuzz fuzz-regress bench deps cert \
-        clean check install uninstall container-test deploy-test lint
+        clean check install uninstall container-test deploy-test lint valgrind
 
 all: $(BUILD)/wsguard
 
@@ -103,6 +104,21 @@ test: deps
 # (tests/lint/cppcheck.supp) and scan-build; any finding fails.
 lint: deps
 	@scripts/lint.sh
+
+# A short integration subset with wsguard under Valgrind's memcheck
+# (about 6 minutes): no invalid access, no uninitialised use, no definite
+# leak, or the run fails (tests/valgrind/wsguard-vg, exit status 99).
+VG_TESTS = tests/integration/test_relay.py tests/integration/test_smuggling.py \
+           tests/integration/test_session.py
+valgrind: deps all
+	@mkdir -p $(BUILD)/valgrind && rm -f $(BUILD)/valgrind/*.log
+	@VG_LOG_DIR=$(abspath $(BUILD))/valgrind VG_WSGUARD=$(abspath $(BUILD))/wsguard \
+	    WSGUARD_BIN=$(abspath tests/valgrind/wsguard-vg) \
+	    $(PYTHON) -m pytest -q $(VG_TESTS); rc=$$?; \
+	    bad=$$(grep -L 'ERROR SUMMARY: 0 errors' $(BUILD)/valgrind/*.log); \
+	    if [ -n "$$bad" ]; then echo "valgrind: errors in $$bad"; exit 1; fi; \
+	    echo "valgrind: $$(ls $(BUILD)/valgrind/*.log | wc -l) wsguard runs, 0 errors"; \
+	    exit $$rc
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan CC=clang-14 \
