@@ -383,7 +383,7 @@ dir_control(struct relay *r, struct dir *d, uint8_t *p, int n,
         }
     }
     if (h->masked) {
-        rnd_take(r->rnd, p + n - 4, 4);
+        rnd_take4(r->rnd, p + n - 4);
         ws_mask(pl, (size_t)h->len, p + n - 4, 0);
     }
     b->parsed += (uint32_t)(n + h->len);
@@ -439,6 +439,74 @@ dir_text(struct dir *d, uint8_t *p, size_t take)
     return (long)(take - hold);
 }
 
+/*
+ * The common case in one pass: a whole, unfragmented text or binary
+ * message of at most 125 bytes (a 2-byte header, plus the key when
+ * masked) lying complete in the buffer, outside any fragmented message.
+ * Every rule of the general path applies (RSV 0, the masking direction,
+ * max_payload, the rate limits, UTF-8 of text), only without the state
+ * kept for frames that arrive in pieces. Returns the bytes consumed (the
+ * frame, validated and re-masked in place), 0 when the frame is not one
+ * of these (the general path takes it; nothing was changed), or -1 with
+ * d->why and *code set.
+ */
+static long
+dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
+{
+    uint8_t b0 = p[0], b1 = p[1];
+    size_t len = b1 & 0x7F, hdr;
+
+    if ((b0 != 0x81 && b0 != 0x82) || len > 125 || d->msg.in_msg ||
+        (b1 >> 7) != d->from_client)
+        return 0;
+    hdr = d->from_client ? 6 : 2;
+    if (avail < hdr + len ||
+        (d->max_payload != 0 && len > d->max_payload))
+        return 0;
+    if (d->from_client && (r->pol->messages_per_second ||
+                           r->pol->bytes_per_second)) {
+        struct ws_header h = { .fin = 1, .opcode = b0 & 0xF, .len = len };
+        if ((*code = limit_data(r, d, &h)) != 0)
+            return -1;
+    }
+    uint8_t *pl = p + hdr;
+    if (d->from_client) {
+        uint8_t ckey[4], okey[4];
+        memcpy(ckey, p + 2, 4);
+        rnd_take4(r->rnd, okey);
+        if (b0 == 0x81) {
+            size_t done = ws_remask_ascii(pl, len, ckey, okey, 0);
+            if (done < len) {
+                /* Not all ASCII: unmask the rest, validate it, mask it
+                 * with wsguard's key (a refused frame is never sent, so
+                 * its bytes may stay half-transformed). */
+                ws_mask(pl + done, len - done, ckey, done);
+                if (utf8_validate(UTF8_ACCEPT, pl + done, len - done)
+                    != UTF8_ACCEPT)
+                    goto bad_utf8;
+                ws_mask(pl + done, len - done, okey, done);
+            }
+        } else {
+            uint8_t k[4];
+            for (int i = 0; i < 4; i++)
+                k[i] = ckey[i] ^ okey[i];
+            ws_mask(pl, len, k, 0);
+        }
+        memcpy(p + 2, okey, 4);
+    } else if (b0 == 0x81 && !utf8_is_ascii(pl, len) &&
+               utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT) {
+        goto bad_utf8;
+    }
+    d->b->parsed += (uint32_t)(hdr + len);
+    d->msgs++;
+    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+    return (long)(hdr + len);
+bad_utf8:
+    d->why = "invalid UTF-8";
+    *code = WS_CLOSE_INVALID_DATA;
+    return -1;
+}
+
 /* Validate and transform new bytes [parsed, last) of d. Returns 0, or the
  * close code the sender has earned. */
 static int
@@ -450,6 +518,14 @@ dir_parse(struct relay *r, struct dir *d)
         uint8_t *p = b->data + b->parsed;
         size_t avail = b->last - b->parsed;
 
+        if (!d->in_frame && avail >= 2) {
+            int code;
+            long n = dir_fast(r, d, p, avail, &code);
+            if (n > 0)
+                continue;
+            if (n < 0)
+                return code;
+        }
         if (!d->in_frame) {
             struct ws_header h;
             int n = ws_parse_header(p, avail, &h);
@@ -489,7 +565,7 @@ dir_parse(struct relay *r, struct dir *d)
             }
             if (h.masked) {
                 memcpy(d->ckey, h.key, 4);
-                rnd_take(r->rnd, d->okey, 4);
+                rnd_take4(r->rnd, d->okey);
                 memcpy(p + n - 4, d->okey, 4);
             }
             d->masked = h.masked;

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct rnd {
     uint8_t pool[4096];
@@ -25,6 +26,16 @@ void rnd_init(struct rnd *r, void (*fn)(uint8_t *out, size_t n));
 
 /* Fill the pool again (rnd_take does when it runs out). */
 void rnd_refill(struct rnd *r);
+
+/* 4 bytes (a masking key) into out. */
+static inline void
+rnd_take4(struct rnd *r, uint8_t out[4])
+{
+    if (r->off + 4 > sizeof r->pool)
+        rnd_refill(r);
+    memcpy(out, r->pool + r->off, 4);
+    r->off += 4;
+}
 
 /* n <= sizeof pool bytes into out. */
 static inline void

@@ -164,3 +164,39 @@ utf8_validate(uint32_t state, const uint8_t *p, size_t n)
     }
     return state;
 }
+
+int
+utf8_is_ascii(const uint8_t *p, size_t n)
+{
+    uint64_t acc = 0, a, b;
+    size_t i;
+
+    if (n < 8) {
+        for (i = 0; i < n; i++)
+            acc |= p[i];
+        return (acc & 0x80) == 0;
+    }
+    if (n < 16) {
+        /* Two words that may overlap cover 8 to 16 bytes. */
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        return ((a | b) & HIGH_BITS) == 0;
+    }
+#if defined(__SSE2__)
+    __m128i v = _mm_setzero_si128();
+    for (i = 0; i + 16 <= n; i += 16)
+        v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(const void *)
+                                            (p + i)));
+    if (i < n)      /* the last 16 bytes, overlapping what was seen */
+        v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(const void *)
+                                            (p + n - 16)));
+    return _mm_movemask_epi8(v) == 0;
+#else
+    for (i = 0; i + 8 <= n; i += 8) {
+        memcpy(&a, p + i, 8);
+        acc |= a;
+    }
+    memcpy(&a, p + n - 8, 8);
+    return ((acc | a) & HIGH_BITS) == 0;
+#endif
+}

@@ -23,4 +23,8 @@
  * skipped several bytes at a time. */
 uint32_t utf8_validate(uint32_t state, const uint8_t *p, size_t n);
 
+/* Is p[0..n) all ASCII (then it is complete, valid UTF-8)? For the relay's
+ * small whole messages: no state, one OR over overlapping words. */
+int utf8_is_ascii(const uint8_t *p, size_t n);
+
 #endif

@@ -124,6 +124,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint32_t seed = data[0] * 2654435761u + 1;
     const uint8_t *p = data + 1;
+
+    /* utf8_is_ascii against a byte loop. */
+    {
+        int ascii = 1;
+        for (size_t i = 0; i + 1 < size; i++)
+            ascii &= p[i] < 0x80;
+        if (utf8_is_ascii(p, size - 1) != ascii)
+            FAIL("utf8_is_ascii says %d for %zu bytes", !ascii, size - 1);
+    }
     size_t n = size - 1;
     uint8_t *boundary = malloc(n + 1);
     if (boundary == NULL)

@@ -385,6 +385,30 @@ test_bogus_state(void **state)
     assert_int_equal(utf8_validate(UTF8_ACCEPT, NULL, 0), UTF8_ACCEPT);
 }
 
+/* utf8_is_ascii: every length 0..200, every position of one high byte,
+ * at every alignment of the buffer. */
+static void
+test_is_ascii(void **state)
+{
+    uint8_t buf[256 + 8];
+
+    (void)state;
+    for (size_t align = 0; align < 8; align++) {
+        uint8_t *p = buf + align;
+        for (size_t n = 0; n <= 200; n++) {
+            memset(p, 'a', n);
+            assert_true(utf8_is_ascii(p, n));
+            for (size_t k = 0; k < n; k++) {
+                p[k] = 0x80 | (uint8_t)k;
+                assert_false(utf8_is_ascii(p, n));
+                p[k] = 0x7f;
+                assert_true(utf8_is_ascii(p, n));
+                p[k] = 'a';
+            }
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -395,6 +419,7 @@ main(void)
         cmocka_unit_test(test_fast_path_positions),
         cmocka_unit_test(test_random_differential),
         cmocka_unit_test(test_bogus_state),
+        cmocka_unit_test(test_is_ascii),
     };
     return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }
