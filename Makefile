@@ -31,7 +31,7 @@ LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 LDFLAGS += -pie
 # libev ships no pkg-config file in Debian 12.
-PKGS = openssl inih jansson libpcre2-8 hiredis
+PKGS = openssl inih jansson libpcre2-8 hiredis zlib
 LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lpthread -lm
 
 SRC     = $(wildcard src/*.c)

@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="build-essential pkg-config libssl-dev openssl libev-dev
-libpcre2-dev libinih-dev libjansson-dev libhiredis-dev libcmocka-dev
+libpcre2-dev libinih-dev libjansson-dev libhiredis-dev zlib1g-dev libcmocka-dev
 python3 python3-pytest python3-websockets clang-14 libclang-rt-14-dev
 clang-tidy-14 clang-tools-14 cppcheck
 redis-server chromium nginx-light haproxy gnuplot-nox valgrind
