@@ -948,8 +948,13 @@ be_read_response(struct conn *c)
         conn_refuse_status(c, REF_BACKEND, st, "backend refused the upgrade");
         return;
     }
-    if (upgrade_check_response(&resp, h->be_key, &k->req, &proto, &proto_len,
-                               &reason) != 0) {
+    int ok = upgrade_check_response(&resp, h->be_key, &k->req, &proto,
+                                    &proto_len, &reason);
+    if (ok == UPGRADE_NOMEM) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return;
+    }
+    if (ok != 0) {
         conn_refuse(c, REF_BACKEND,
                     reason ? reason : "invalid 101 from backend");
         return;
@@ -977,6 +982,10 @@ be_read_response(struct conn *c)
         return;
     }
     int m = upgrade_client_response(h->out, cap, key, proto, proto_len);
+    if (m == UPGRADE_NOMEM) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return;
+    }
     if (m <= 0) {
         conn_refuse(c, REF_BACKEND, "invalid subprotocol");
         return;
@@ -1190,17 +1199,19 @@ conn_accept(struct worker *w, int fd, const struct sockaddr *sa,
 {
     struct conn *c = calloc(1, sizeof *c);
 
+    if (c != NULL && (c->hs = calloc(1, sizeof *c->hs)) == NULL) {
+        free(c);
+        c = NULL;
+    }
     if (c == NULL) {
+        /* Nothing to answer with: the socket is closed at once, counted
+         * and logged like any refusal without an answer. */
         close(fd);
+        stats_add(&w->st.rejected[REF_INTERNAL], 1);
+        log_error("accept: out of memory for a connection; closed");
         return;
     }
     c->w = w;
-    c->hs = calloc(1, sizeof *c->hs);
-    if (c->hs == NULL) {
-        free(c);
-        close(fd);
-        return;
-    }
     c->rt = runtime_ref(w->rt);
     c->ref = REF_CLIENT_CLOSED;     /* until something else ends it */
     c->started = now_of(c);

@@ -703,7 +703,12 @@ uint8_t *
 relay_rx_space(struct relay *r, struct dir *d, size_t *room)
 {
     *room = 0;
+    if (d->nomem)
+        return NULL;
     if (d->b == NULL && (d->b = bufpool_get(r->bufs)) == NULL) {
+        /* Retrying on every readiness event would spin on a readable
+         * socket; with no buffer its close reply cannot be read anyway. */
+        d->nomem = 1;
         fail(r, WS_CLOSE_INTERNAL, WS_CLOSE_INTERNAL, "out of memory",
              "wsguard");
         return NULL;
@@ -1114,6 +1119,8 @@ static int
 dir_room(const struct dir *d)
 {
     const struct buf *b = d->b;
+    if (d->nomem)
+        return 0;
     return b == NULL || b->last < BUF_SIZE || b->pos == b->parsed;
 }
 

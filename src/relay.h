@@ -81,6 +81,9 @@ struct dir {
                                    finished before any other byte goes */
     uint8_t relayed_close;      /* a peer's close went through here */
     uint8_t enf;                /* enum enforce of a 1008 from a limit */
+    uint8_t nomem;              /* no buffer could be had: the session
+                                   fails (1011) and this source is not
+                                   read again (close_timeout ends it) */
     uint16_t ctl_len, ctl_off;
     uint8_t ctl[2 * (WS_MAX_HEADER + WS_MAX_CONTROL)];  /* a ping and a
                                    close of wsguard's own, for dst */

@@ -543,8 +543,10 @@ upgrade_check_response(const struct http_response *resp,
     if (acc == NULL || count != 1)
         return refuse(-1, "backend 101 without one Sec-WebSocket-Accept",
                       reason);
-    upgrade_accept(key, UPGRADE_KEY_LEN, want);
-    if (want[0] == '\0' || acc->value_len != UPGRADE_ACCEPT_LEN ||
+    /* Our own failure (no memory for the digest) is not the backend's. */
+    if (upgrade_accept(key, UPGRADE_KEY_LEN, want) != 0)
+        return refuse(UPGRADE_NOMEM, "out of memory", reason);
+    if (acc->value_len != UPGRADE_ACCEPT_LEN ||
         memcmp(acc->value, want, UPGRADE_ACCEPT_LEN) != 0)
         return refuse(-1, "backend 101 with wrong Sec-WebSocket-Accept",
                       reason);
@@ -605,9 +607,8 @@ upgrade_client_response(char *out, size_t cap, const char *client_key,
 
     if (client_key == NULL)
         return -1;
-    upgrade_accept(client_key, UPGRADE_KEY_LEN, acc);
-    if (acc[0] == '\0')
-        return -1;
+    if (upgrade_accept(client_key, UPGRADE_KEY_LEN, acc) != 0)
+        return UPGRADE_NOMEM;
     put_str(&w, "HTTP/1.1 101 Switching Protocols\r\n");
     put_header_str(&w, "Upgrade", "websocket");
     put_header_str(&w, "Connection", "Upgrade");
@@ -626,7 +627,7 @@ upgrade_client_response(char *out, size_t cap, const char *client_key,
     return writer_result(&w);
 }
 
-void
+int
 upgrade_accept(const char *key, size_t key_len, char out[29])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -642,13 +643,14 @@ upgrade_accept(const char *key, size_t key_len, char out[29])
          EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == 20;
     EVP_MD_CTX_free(ctx);
     if (!ok) {
-        /* An empty string never equals a real accept value, so a failed
-         * digest fails the handshake instead of passing it. */
+        /* An empty string never equals a real accept value, so a caller
+         * that ignored the result would still fail the handshake. */
         out[0] = '\0';
-        return;
+        return -1;
     }
     EVP_EncodeBlock((unsigned char *)out, md, 20);
     out[28] = '\0';
+    return 0;
 }
 
 void

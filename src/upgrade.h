@@ -109,19 +109,27 @@ int upgrade_backend_request(char *out, size_t cap,
  * Sec-WebSocket-Accept, no Sec-WebSocket-Extensions, and at most one
  * Sec-WebSocket-Protocol whose value is one the client offered in req.
  * Returns 0 and sets *proto and *proto_len (NULL/0 if none), or -1 with
- * *reason a short static text.
+ * *reason a short static text (the backend's fault), or UPGRADE_NOMEM
+ * when wsguard could not compute the expected accept value (its own
+ * fault: no memory).
  */
 int upgrade_check_response(const struct http_response *resp,
                            const char *key, const struct http_request *req,
                            const char **proto, size_t *proto_len,
                            const char **reason);
 
-/* Write the 101 for the client into out[0..cap); returns length or -1. */
+/* Write the 101 for the client into out[0..cap); returns the length, -1
+ * if it does not fit or the subprotocol is not a token, or UPGRADE_NOMEM
+ * when the accept value could not be computed. */
 int upgrade_client_response(char *out, size_t cap, const char *client_key,
                             const char *proto, size_t proto_len);
 
-/* out = base64(SHA-1(key ++ GUID)), NUL-terminated (29 bytes). */
-void upgrade_accept(const char *key, size_t key_len, char out[29]);
+/* A result of the functions below: OpenSSL could not allocate. */
+#define UPGRADE_NOMEM (-2)
+
+/* out = base64(SHA-1(key ++ GUID)), NUL-terminated (29 bytes). Returns 0,
+ * or -1 (out = "") when the digest could not be computed (no memory). */
+int upgrade_accept(const char *key, size_t key_len, char out[29]);
 
 /* A fresh random Sec-WebSocket-Key, NUL-terminated (25 bytes). */
 void upgrade_new_key(char out[25]);

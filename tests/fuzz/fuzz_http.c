@@ -257,7 +257,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
             CHECK(u.key != NULL && u.host != NULL && u.path != NULL);
             CHECK(u.path_len > 0 && u.path[0] == '/');
-            upgrade_accept(u.key, UPGRADE_KEY_LEN, acc);
+            CHECK(upgrade_accept(u.key, UPGRADE_KEY_LEN, acc) == 0);
             CHECK(strlen(acc) == UPGRADE_ACCEPT_LEN);
             n = upgrade_client_response(out, sizeof out, u.key, NULL, 0);
             CHECK(n > 0);

@@ -373,10 +373,6 @@ def judge(o, recs, allowed_closes, allowed_status, nohttp_reasons):
 # ENOMEM
 
 OOM_STATUS = {(503, "out of memory")}
-# Known bug (see test_enomem_in_upgrade_accept_is_503): upgrade_accept()
-# turns a failed digest allocation into "no accept value".
-OOM_BUG_STATUS = {(502, "backend 101 with wrong Sec-WebSocket-Accept"),
-                  (502, "invalid subprotocol")}
 OOM_CLOSES = {(1000, None), (1011, "out of memory"),
               # OpenSSL failing to allocate inside SSL_read/SSL_write on the
               # client leg is an error of that transport: the client's TCP
@@ -487,16 +483,11 @@ def test_enomem_each_allocation_of_a_session(rig):
 
     log = r.finish()
     by = r.records_by_path(log)
-    problems, bug = [], []
+    problems = []
     kinds = collections.Counter()
     for k, p, o, caller, size, delta, inj in res:
         kinds[o.kind if o.kind != HTTP else "http %d" % o.code] += 1
         recs = by.get(p, [])
-        # (A correct backend's 101 is never answered so otherwise.)
-        if o.kind == HTTP and recs and (o.code, recs[0].get("reason")) in \
-                OOM_BUG_STATUS:
-            bug.append((k, o))
-            continue
         why = judge(o, recs, OOM_CLOSES, OOM_STATUS, NOHTTP_REASONS)
         if why:
             problems.append("allocation %d (%d bytes, %s): %r: %s" % (
@@ -514,18 +505,11 @@ def test_enomem_each_allocation_of_a_session(rig):
     assert not odd, "undocumented records: %r" % odd[:5]
     assert not problems, "%d of %d sessions ended undocumented:\n%s" % (
         len(problems), len(res), "\n".join(problems[:40]))
-    print("ENOMEM sweep: %d allocations in %.1f s, outcomes %s; known "
-          "upgrade_accept bug hit %d times" % (n, elapsed, dict(kinds),
-                                              len(bug)))
+    print("ENOMEM sweep: %d allocations in %.1f s, outcomes %s"
+          % (n, elapsed, dict(kinds)))
 
 
 @pytest.mark.skipif(ASAN, reason=ASAN_SKIP)
-@pytest.mark.xfail(strict=True, reason=(
-    "wsguard bug: ENOMEM inside upgrade_accept() (EVP_MD_CTX_new/SHA-1) "
-    "makes the backend's valid 101 look wrong (502 'backend 101 with wrong "
-    "Sec-WebSocket-Accept', the backend blamed) or fails the client's 101 "
-    "(502 'invalid subprotocol'), instead of 503 'out of memory' "
-    "(docs/reference.md)"))
 def test_enomem_in_upgrade_accept_is_503(rig):
     """Every allocation after the backend connect (backend request, the
     backend's 101 and its Sec-WebSocket-Accept check, the client's 101)
@@ -598,11 +582,6 @@ def cpu_seconds(pid):
 
 
 @pytest.mark.skipif(ASAN, reason=ASAN_SKIP)
-@pytest.mark.xfail(strict=True, reason=(
-    "wsguard bug: while a relay buffer cannot be allocated, the worker "
-    "busy-loops (the read watcher stays on over a readable socket and "
-    "every wakeup retries malloc): 100 % CPU until close_timeout ends "
-    "the session, ~1 million malloc calls per second"))
 def test_enomem_relay_buffer_no_busy_loop(rig):
     """Relay buffers cannot be allocated for as long as the session lasts
     (it ends with 1011 and waits, up to close_timeout = 2 s, for the
@@ -687,8 +666,7 @@ def test_enomem_at_random_under_load(rig):
     for p, o in res:
         kinds[repr(o)] += 1
         recs = by.get(p, [])
-        why = judge(o, recs, OOM_CLOSES, OOM_STATUS | OOM_BUG_STATUS,
-                    NOHTTP_REASONS)
+        why = judge(o, recs, OOM_CLOSES, OOM_STATUS, NOHTTP_REASONS)
         if why:
             problems.append("%s: %r: %s" % (p, o, why))
     assert inj >= 10, "only %d allocations failed" % inj

@@ -303,9 +303,9 @@ test_accept(void **state)
 
     (void)state;
     /* RFC 6455 §1.3 */
-    upgrade_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, out);
+    assert_int_equal(upgrade_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, out), 0);
     assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    upgrade_accept("x3JJHMbDL1EzLkh9GBhXDw==", 24, out);
+    assert_int_equal(upgrade_accept("x3JJHMbDL1EzLkh9GBhXDw==", 24, out), 0);
     assert_string_equal(out, "HSmrc0sMlYUkAGmm5OPpG2HaGWk=");
 }
 
