@@ -9,14 +9,15 @@
 #                                   per message (strace -c) for each proxy
 #
 # Knobs (environment): REPS, QUICK, DURATION, WARMUP, TARGETS, SCENARIOS,
-# PROXY_CPU, LG_CPU, IDLE_N, SCALE_N, SCALE_HOLD, CG_MESSAGES, KEEP_TMP=1.
+# PROXY_CPU, LG_CPU, IDLE_N, SCALE_N, SCALE_HOLD, CG_MESSAGES, CG_TARGETS,
+# KEEP_TMP=1, BENCH_RES (results directory; default bench/results).
 # Results: bench/results/latest.tsv (medians, spreads, ratios),
 # bench/results/latest.md (the table), bench/results/raw.log (every run),
 # bench/results/throughput.png (gnuplot, bench/plot.gp).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
-RES=$BENCH/results
+RES=${BENCH_RES:-$BENCH/results}
 WSBENCH=$BENCH/build/wsbench
 WSECHO=$BENCH/build/wsecho
 WSGUARD=${WSGUARD_BIN:-$ROOT/build/wsguard}
@@ -38,6 +39,7 @@ else
     IDLE_HOLD=${IDLE_HOLD:-4}
 fi
 CG_MESSAGES=${CG_MESSAGES:-40000}
+CG_TARGETS=${CG_TARGETS:-"wsguard nginx haproxy"}
 
 # ---------------------------------------------------------------------------
 # Security settings, in one place. The load generator always sends an Origin
@@ -354,7 +356,7 @@ callgrind_run() {
         > "$RES/callgrind-version.txt"
     RAW=$TMP/cg-raw.log
     start_echo
-    for tg in wsguard nginx haproxy; do
+    for tg in $CG_TARGETS; do
         local ir1= ir2= n
         for n in $m1 $m2; do
             log "callgrind $tg: $n messages"

@@ -34,7 +34,7 @@ one() {
         -artifact_prefix="$BUILD/fuzz/crashes-$t/" -fork=0 \
         "$dir" "tests/fuzz/corpus/$t" >"$log" 2>&1
     crashes=$(ls "$BUILD/fuzz/crashes-$t" | wc -l)
-    line=$(grep -E '^#[0-9]+ +(DONE|pulse|NEW|REDUCE)' "$log" | tail -n1)
+    line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$log" | tail -n1)
     local runs cov ft secs rate
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log")

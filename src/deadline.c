@@ -23,6 +23,8 @@ deadline_all(const struct session_times *s,
         if (s->be_wblock)
             t[DL_STALL_BE] = s->be_wblock + units_seconds(c->write_timeout_ms);
     }
+    if (c->quiet_ms && s->held)
+        t[DL_QUIET] = s->held + units_seconds(c->quiet_ms);
     if (c->ping_interval_ms) {
         if (s->ping_sent > s->cli_rx) {
             if (c->pong_timeout_ms)

@@ -25,6 +25,8 @@ enum deadline_kind {
     DL_STALL_BE,                /* output to the backend blocked too long */
     DL_PONG,                    /* our ping unanswered: drop the client */
     DL_PING,                    /* time to ping a silent client */
+    DL_QUIET,                   /* quiet for a while: give back the TLS
+                                   record buffers (no close) */
     DL_COUNT
 };
 
@@ -38,6 +40,8 @@ struct session_times {
     double cli_wblock;          /* output to the client blocked since */
     double be_wblock;           /* output to the backend blocked since */
     double expiry;              /* token exp + leeway, 0 = none */
+    double held;                /* TLS record buffers may be held since
+                                   (the last activity), 0 = released */
 };
 
 /* The configuration that matters, in milliseconds; 0 = off. */
@@ -47,6 +51,8 @@ struct session_timeouts {
     uint64_t write_timeout_ms;
     uint64_t ping_interval_ms;
     uint64_t pong_timeout_ms;
+    uint64_t quiet_ms;          /* release the buffers this long after
+                                   the last activity */
 };
 
 /* Fill t[DL_COUNT] with every deadline (0 = none). */

@@ -95,6 +95,7 @@ relay_deadlines(const struct relay *r, double t[DL_COUNT])
         .cli_wblock = r->cli.wblock_since,
         .be_wblock = r->be.wblock_since,
         .expiry = r->expiry,
+        .held = r->held,
     };
     struct session_timeouts to = {
         .max_lifetime_ms = cfg->max_lifetime_ms,
@@ -102,6 +103,7 @@ relay_deadlines(const struct relay *r, double t[DL_COUNT])
         .write_timeout_ms = cfg->write_timeout_ms,
         .ping_interval_ms = cfg->ping_interval_ms,
         .pong_timeout_ms = cfg->pong_timeout_ms,
+        .quiet_ms = RELAY_QUIET_MS,
     };
     if (r->ping_queued)
         to.ping_interval_ms = 0;        /* no ping, no pong deadline */
@@ -213,6 +215,7 @@ relay_ping(struct relay *r)
      * backend is sending), neither another ping nor the pong timeout is
      * due: see relay_deadlines. */
     r->ping_queued = 1;
+    r->held = r->now;           /* writing it takes a record buffer */
     r->ev |= RELAY_FLUSH;
 }
 
@@ -736,6 +739,11 @@ dir_rx_done(struct relay *r, struct dir *d, size_t n)
             r->ev |= RELAY_REARM;
         r->cli_rx = r->now;
     }
+    /* The TLS record buffers are kept while traffic flows and given
+     * back once the session has been quiet for RELAY_QUIET_MS. */
+    if (r->held == 0)
+        r->ev |= RELAY_REARM;
+    r->held = r->now;
     dir_process(r, d);
 }
 
@@ -915,6 +923,11 @@ relay_start(struct relay *r, double now, const uint8_t *up, size_t up_n,
 
     r->now = now;
     r->last_activity = r->cli_rx = now;
+    /* The handshake freed its record buffers after every record; from
+     * here they are kept while traffic flows (see RELAY_QUIET_MS). */
+    side_keep_buffers(r->cli.io);
+    side_release_buffers(r->cli.io);
+    r->held = 0;
     bucket_init(&r->b_msgs, p->message_burst ? (double)p->message_burst
                                              : (double)p->messages_per_second,
                 now);
@@ -1011,6 +1024,11 @@ tick(struct relay *r)
         break;
     case DL_PING:
         relay_ping(r);
+        break;
+    case DL_QUIET:
+        side_release_buffers(r->cli.io);
+        side_release_buffers(r->be.io);
+        r->held = 0;
         break;
     default:
         break;

@@ -36,6 +36,12 @@
 /* Reads per readiness event and direction: fairness between sessions. */
 #define RELAY_READS_PER_EVENT 8
 
+/* A session quiet (nothing read, no ping written) for this long gives its
+ * TLS record buffers back; while traffic flows they are kept, which saves
+ * a malloc and free of ~16.7 KiB per record and direction
+ * (docs/performance.md). */
+#define RELAY_QUIET_MS 1000
+
 /* What an entry point reports (a bit set). */
 #define RELAY_REARM   0x1u      /* the next deadline may have moved */
 #define RELAY_CLOSING 0x2u      /* the close handshakes have begun */
@@ -123,6 +129,9 @@ struct relay {
                                    outstanding while > cli_rx */
     struct bucket b_msgs, b_bytes, b_ctl;   /* [limits] */
     uint8_t ping_data[8];       /* its payload, to recognise the pong */
+    double held;                /* TLS record buffers may be held
+                                   since (last read or ping), 0 = given
+                                   back: see RELAY_QUIET_MS */
     uint8_t ping_queued;        /* a ping waits in down.ctl */
     uint8_t failing;            /* wsguard is ending the session */
     uint8_t closing;            /* the close handshakes have begun */

@@ -229,6 +229,22 @@ io_set(struct ev_loop *loop, ev_io *io, int on)
 }
 
 void
+side_keep_buffers(struct side *s)
+{
+    if (s->ssl != NULL)
+        SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+}
+
+void
+side_release_buffers(struct side *s)
+{
+    /* SSL_free_buffers() itself refuses while a record is pending in
+     * either direction. */
+    if (s->ssl != NULL && !SSL_has_pending(s->ssl))
+        SSL_free_buffers(s->ssl);
+}
+
+void
 side_watch(struct side *s, int rd, int wr)
 {
     if (s->fd == -1)

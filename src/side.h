@@ -89,6 +89,16 @@ int side_pending(const struct side *s);
  * fairness kept). */
 void side_refeed(struct side *s);
 
+/* From now on keep the TLS record buffers between records (the session
+ * is relaying; SSL_MODE_RELEASE_BUFFERS is for the handshake) until
+ * side_release_buffers(). Nothing for plain TCP. */
+void side_keep_buffers(struct side *s);
+
+/* Give back the TLS record buffers (about 2 x 16.7 KiB) unless OpenSSL
+ * still holds bytes in them; the next read or write allocates them again.
+ * Nothing for plain TCP. */
+void side_release_buffers(struct side *s);
+
 /* Set which readiness to wait for; looks inside TLS when reading resumes
  * after a stop (watcher off, or full_stop). */
 void side_watch(struct side *s, int rd, int wr);

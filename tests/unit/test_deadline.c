@@ -12,7 +12,7 @@
 
 #include "deadline.h"
 
-static const struct session_timeouts all_off = {0, 0, 0, 0, 0};
+static const struct session_timeouts all_off = {0, 0, 0, 0, 0, 0};
 
 static void
 test_nothing_configured(void **state)
@@ -42,6 +42,35 @@ test_idle_moves_with_activity(void **state)
     assert_int_equal(deadline_due(t, 105), -1);
     assert_true(deadline_next(t) == 108);
     assert_int_equal(deadline_due(t, 108), DL_IDLE);
+}
+
+/* The TLS buffers go back RELAY_QUIET_MS after the last activity, only
+ * while they may be held, and after every other deadline in priority. */
+static void
+test_quiet_release(void **state)
+{
+    struct session_timeouts c = all_off;
+    c.quiet_ms = 1000;
+    c.idle_timeout_ms = 1000;
+    struct session_times s = {.started = 100, .last_activity = 100,
+                              .cli_rx = 100, .held = 100};
+    double t[DL_COUNT];
+    deadline_all(&s, &c, t);
+    assert_true(t[DL_QUIET] == 101);
+    /* Both due at 101: the idle close comes first. */
+    assert_int_equal(deadline_due(t, 101), DL_IDLE);
+    c.idle_timeout_ms = 0;
+    deadline_all(&s, &c, t);
+    assert_int_equal(deadline_due(t, 100.9), -1);
+    assert_int_equal(deadline_due(t, 101), DL_QUIET);
+    /* Traffic at 100.5 moves it. */
+    s.held = 100.5;
+    deadline_all(&s, &c, t);
+    assert_true(deadline_next(t) == 101.5);
+    /* Released: no deadline left. */
+    s.held = 0;
+    deadline_all(&s, &c, t);
+    assert_true(deadline_next(t) == 0);
 }
 
 static void
@@ -140,6 +169,7 @@ main(void)
         cmocka_unit_test(test_nothing_configured),
         cmocka_unit_test(test_idle_moves_with_activity),
         cmocka_unit_test(test_lifetime_beats_idle),
+        cmocka_unit_test(test_quiet_release),
         cmocka_unit_test(test_ping_then_pong_timeout),
         cmocka_unit_test(test_ping_without_pong_timeout_repeats),
         cmocka_unit_test(test_write_stall),
