@@ -5,6 +5,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #define ACCEPTS_PER_EVENT 64
 #define FREE_BUFS_MAX 64        /* per worker: 1 MiB of idle buffers */
 #define ACCEPT_PAUSE 0.1        /* s, after EMFILE/ENFILE */
+#define TRIM_AFTER 1.0          /* s after an accept: malloc_trim */
 #define DRAIN_GRACE 2.0         /* s after drain_timeout: peers may answer
                                    wsguard's close frames, no longer */
 #define REVOKE_IN_FLIGHT 256    /* revocations being applied at once */
@@ -196,7 +198,23 @@ accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         conn_accept(w, fd, (struct sockaddr *)&ss, len);
+        if (!ev_is_active(&w->trim)) {
+            ev_timer_set(&w->trim, TRIM_AFTER, 0);
+            ev_timer_start(loop, &w->trim);
+        }
     }
+}
+
+/* Handshakes leave free fragments between the sessions that stay (their
+ * transient buffers: record buffers, key exchange, request head): glibc
+ * keeps those pages resident. A while after a burst of accepts, give the
+ * free pages back to the kernel (malloc_trim(0) walks the free chunks of
+ * every arena and madvises whole free pages away). At most once per
+ * TRIM_AFTER per worker, and only when it accepted something. */
+static void
+trim_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    malloc_trim(0);
 }
 
 static void
@@ -387,6 +405,7 @@ wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         w->draining = 1;
         accept_set(w, 0);
         ev_timer_stop(loop, &w->accept_pause);
+        ev_timer_stop(loop, &w->trim);
         for (size_t i = 0; i < w->nlfds; i++) {
             if (w->lfds[i] != -1)
                 close(w->lfds[i]);
@@ -456,6 +475,7 @@ worker_start(struct worker *w, struct runtime *rt)
         ev_io_start(w->loop, &w->accept_w[i]);
     }
     ev_init(&w->accept_pause, accept_pause_cb);
+    ev_init(&w->trim, trim_cb);
     ev_init(&w->drain_timer, drain_timer_cb);
     ev_async_init(&w->wake, wake_cb);
     ev_async_start(w->loop, &w->wake);

@@ -42,6 +42,7 @@ struct worker {
     ev_io *accept_w;
     size_t nlfds;
     ev_timer accept_pause;      /* EMFILE/ENFILE back-off */
+    ev_timer trim;              /* heap trim after accepts (TRIM_AFTER) */
     ev_async wake;              /* main thread -> worker */
     ev_timer drain_timer;
     pthread_mutex_t lock;       /* guards next_rt, drain_req */
