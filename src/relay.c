@@ -478,16 +478,14 @@ dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
         memcpy(ckey, p + 2, 4);
         rnd_take4(r->rnd, okey);
         if (b0 == 0x81) {
-            size_t done = ws_remask_ascii(pl, len, ckey, okey, 0);
-            if (done < len) {
-                /* Not all ASCII: unmask the rest, validate it, mask it
-                 * with wsguard's key (a refused frame is never sent, so
-                 * its bytes may stay half-transformed). */
-                ws_mask(pl + done, len - done, ckey, done);
-                if (utf8_validate(UTF8_ACCEPT, pl + done, len - done)
-                    != UTF8_ACCEPT)
+            if (!ws_remask_all(pl, len, ckey, okey)) {
+                /* Not all ASCII: unmask (now with our key), validate,
+                 * mask again (a refused frame is never sent, so its
+                 * bytes may stay transformed). */
+                ws_mask(pl, len, okey, 0);
+                if (utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT)
                     goto bad_utf8;
-                ws_mask(pl + done, len - done, okey, done);
+                ws_mask(pl, len, okey, 0);
             }
         } else {
             uint8_t k[4];

@@ -118,6 +118,14 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
  * a UTF-8 state of UTF8_ACCEPT stays so). offset as for ws_mask. Returns
  * the length of that prefix; the rest is left untouched (still masked
  * with `from`). */
+/* The fast path for a whole small frame (offset 0): re-mask all of
+ * p[0..n) from `from` to `to` in one pass, and say whether every
+ * unmasked byte was ASCII (1) or not (0). Either way p ends up masked
+ * with `to`; after a 0 the caller unmasks it with `to` to validate the
+ * UTF-8 (rare: the price is two more passes over a non-ASCII payload). */
+int ws_remask_all(uint8_t *p, size_t n, const uint8_t from[4],
+                  const uint8_t to[4]);
+
 size_t ws_remask_ascii(uint8_t *p, size_t n, const uint8_t from[4],
                        const uint8_t to[4], uint64_t offset);
 

@@ -692,6 +692,35 @@ test_remask_ascii(void **state)
     }
 }
 
+/* ws_remask_all against the reference (unmask with from, check ASCII,
+ * mask with to): every length up to 140 and every position of a non-ASCII
+ * byte (or none). */
+static void
+test_remask_all(void **state)
+{
+    static const uint8_t from[4] = {0x12, 0x9a, 0xf0, 0x3c};
+    static const uint8_t to[4] = {0x81, 0x07, 0x55, 0xe6};
+    uint8_t plain[160], got[160], want[160];
+
+    (void)state;
+    for (size_t n = 0; n <= 140; n++) {
+        for (size_t bad = 0; bad <= n; bad++) {
+            for (size_t i = 0; i < n; i++)
+                plain[i] = (uint8_t)('a' + (i * 7) % 26);
+            if (bad < n)
+                plain[bad] = (uint8_t)(0x80 | bad);
+            memcpy(got, plain, n);
+            ws_mask(got, n, from, 0);
+            int ascii = ws_remask_all(got, n, from, to);
+            assert_int_equal(ascii, bad == n);
+            memcpy(want, plain, n);
+            ws_mask(want, n, to, 0);
+            if (n > 0)
+                assert_memory_equal(got, want, n);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -712,6 +741,7 @@ main(void)
         cmocka_unit_test(test_build_close),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_remask_ascii),
+        cmocka_unit_test(test_remask_all),
     };
     return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }
