@@ -7,10 +7,15 @@
 #   CALLGRIND=1 bench/run.sh        instructions per relayed 64 B message
 #                                   (valgrind --tool=callgrind) and syscalls
 #                                   per message (strace -c) for each proxy
+#   CALLGRIND=hs bench/run.sh       instructions per handshake (the hs
+#                                   scenario's cycle, full and resumed) for
+#                                   each proxy, split by library
 #
 # Knobs (environment): REPS, QUICK, DURATION, WARMUP, TARGETS, SCENARIOS,
 # PROXY_CPU, LG_CPU, IDLE_N, SCALE_N, SCALE_HOLD, CG_MESSAGES, CG_TARGETS,
-# KEEP_TMP=1, BENCH_RES (results directory; default bench/results).
+# CG_HS_KINDS, CG_HS_CONC, CG_HS_T1, CG_HS_T2 (CALLGRIND=hs),
+# KEEP_TMP=1, BENCH_TMP (parent of the scratch directory; /tmp), BENCH_RES
+# (results directory; default bench/results).
 # Results: bench/results/latest.tsv (medians, spreads, ratios),
 # bench/results/latest.md (the table), bench/results/raw.log (every run),
 # bench/results/throughput.png (gnuplot, bench/plot.gp).
@@ -40,6 +45,10 @@ else
 fi
 CG_MESSAGES=${CG_MESSAGES:-40000}
 CG_TARGETS=${CG_TARGETS:-"wsguard nginx haproxy"}
+CG_HS_KINDS=${CG_HS_KINDS:-"full resumed"}
+CG_HS_CONC=${CG_HS_CONC:-4}        # handshake slots under callgrind
+CG_HS_T1=${CG_HS_T1:-4}            # seconds of handshakes, short run
+CG_HS_T2=${CG_HS_T2:-24}           # and long run
 
 # ---------------------------------------------------------------------------
 # Security settings, in one place. The load generator always sends an Origin
@@ -70,7 +79,7 @@ WSGUARD_LIMIT_ENV=(WSGUARD_LIMITS_MAX_PAYLOAD=1m
 ECHO_PORT=${ECHO_PORT:-9001}; GUARD_PORT=${GUARD_PORT:-9443}
 NGINX_PORT=${NGINX_PORT:-9444}; HAPROXY_PORT=${HAPROXY_PORT:-9445}
 
-TMP=$(mktemp -d /tmp/wsbench.XXXXXX)
+TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/wsbench.XXXXXX")
 PIDS=()                    # every process this script started
 ECHO_PID=
 
@@ -405,6 +414,107 @@ callgrind_run() {
     [ -s "$RES/raw.log" ] && python3 "$BENCH/aggregate.py" "$RES"
 }
 
+# --- callgrind: instructions per handshake ----------------------------------
+# The hs scenario's cycle (connect, TLS 1.3 full or resumed, upgrade with
+# Origin and JWT through to the 101 and the backend, close handshake), run
+# by wsbench -m handshake for CG_HS_T1 and CG_HS_T2 seconds against the
+# proxy under callgrind. wsbench counts the cycles it completed while
+# measuring (hs=); with -w 0 the proxy has served exactly that many plus
+# the CG_HS_CONC cycles in flight when the time was up (wsbench lets them
+# finish), in both runs, so the difference of the two profiles divided by
+# the difference of the two counts is the cost of one cycle. "resumed":
+# every cycle but each slot's first resumes a TLS 1.3 ticket (--resume, as
+# the hs scenario); the extra cycles of the long run are all resumed
+# (checked: resumed= grows by as much as hs=). "full": no tickets.
+cg_hs_field() {   # cg_hs_field KEY LINE
+    tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p" | head -1
+}
+
+cg_hs_lg() {   # cg_hs_lg SECONDS [--resume]: wsbench's handshake loop on TPORT
+    local t=$1; shift
+    taskset -c "$LG_CPU" "$WSBENCH" -m handshake -c "$CG_HS_CONC" "$@" -T "$t" -w 0 \
+        -t 127.0.0.1:$TPORT --tls "${LG_AUTH[@]}" 2>>"$TMP/wsbench.err"
+}
+
+callgrind_hs_run() {
+    command -v valgrind >/dev/null || { log "valgrind missing"; exit 1; }
+    local out=$RES/callgrind-hs.tsv groups=$RES/callgrind-hs-groups.tsv
+    printf 'target\tkind\thandshakes\tresumed\tinstructions\tinstr_per_hs\tsyscalls_per_hs\n' > "$out"
+    printf 'label\ttotal\ttls\tlibc\tlibev\town\tother\n' > "$groups"
+    echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ) wsguard=$(cd "$ROOT" && git rev-parse --short HEAD) binary_sha256=$WSGUARD_SHA conc=$CG_HS_CONC t1=$CG_HS_T1 t2=$CG_HS_T2 security=$SECURITY" \
+        > "$RES/callgrind-hs-version.txt"
+    RAW=$TMP/cg-raw.log
+    start_echo
+    local tg kind
+    for tg in $CG_TARGETS; do
+        for kind in $CG_HS_KINDS; do
+            local ropt=() ir1= ir2= hs1= hs2= rs1= rs2= k f F1=
+            [ "$kind" = resumed ] && ropt=(--resume)
+            for k in 1 2; do
+                local t=$CG_HS_T1; [ $k = 2 ] && t=$CG_HS_T2
+                log "callgrind $tg $kind handshakes: ${t}s"
+                ensure_echo
+                start_target "$tg" "hs-$kind-$k" || { stop_target "$tg"; continue 2; }
+                sleep 1
+                local line
+                line=$(cg_hs_lg "$t" "${ropt[@]}")
+                echo "cg-hs target=$tg kind=$kind run=$k $line" >> "$RAW"
+                stop_target "$tg"
+                f=$TMP/cg.$tg.hs-$kind-$k.out
+                [ -f "$f" ] || f=$(ls "$TMP"/cg.$tg.hs-$kind-$k.out* 2>/dev/null | head -1)
+                local e; e=$(cg_hs_field errors "$line")
+                [ "${e:-1}" = 0 ] || log "callgrind $tg $kind: wsbench errors=${e:-?} ($(cg_hs_field last_error "$line"))"
+                if [ $k = 1 ]; then
+                    ir1=$(cg_total "$f"); hs1=$(cg_hs_field hs "$line"); rs1=$(cg_hs_field resumed "$line")
+                    F1=$f
+                else
+                    ir2=$(cg_total "$f"); hs2=$(cg_hs_field hs "$line"); rs2=$(cg_hs_field resumed "$line")
+                fi
+            done
+            local n=$((hs2 - hs1)) per=
+            if [ "$n" -gt 0 ] && [ -n "$ir1" ] && [ -n "$ir2" ]; then
+                per=$(awk -v a="$ir1" -v b="$ir2" -v n="$n" 'BEGIN{printf "%.0f", (b-a)/n}')
+                local own=$tg; [ "$tg" = wsguard ] && own=wsguard.bin
+                python3 "$BENCH/cgdiff.py" "$F1" "$f" "$n" 30 --unit handshake \
+                    --own "$own" --tsv "$groups" --label "$tg/$kind" \
+                    > "$RES/callgrind-hs-$tg-$kind.txt" 2>&1
+            fi
+            # syscalls per handshake: strace -c on the native proxy over a
+            # run of CG_HS_T1 seconds (all hs + CG_HS_CONC cycles it served)
+            local sc=
+            if command -v strace >/dev/null && start_target "$tg"; then
+                sleep 0.3
+                local sp pid=$SPID
+                [ "$tg" = nginx ] && pid=$MPID
+                strace -f -c -p "$pid" -o "$TMP/strace.hs.$tg.$kind" 2>/dev/null & sp=$!
+                sleep 1
+                local sline
+                sline=$(cg_hs_lg "$CG_HS_T1" "${ropt[@]}")
+                echo "strace-hs target=$tg kind=$kind $sline" >> "$RAW"
+                sleep 0.5
+                kill -INT "$sp"; wait "$sp" 2>/dev/null
+                local calls h
+                calls=$(awk '/ total$/ {print $4}' "$TMP/strace.hs.$tg.$kind")
+                h=$(cg_hs_field hs "$sline")
+                [ -n "$calls" ] && [ "${h:-0}" -gt 0 ] &&
+                    sc=$(awk -v c="$calls" -v h="$h" -v k="$CG_HS_CONC" 'BEGIN{printf "%.1f", c/(h+k)}')
+                cp "$TMP/strace.hs.$tg.$kind" "$RES/strace-hs-$tg-$kind.txt"
+                stop_target "$tg"
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tg" "$kind" "$n" "$((rs2 - rs1))" \
+                "$((ir2 - ir1))" "$per" "$sc" >> "$out"
+            log "callgrind $tg $kind: $per instructions/handshake ($n handshakes, $((rs2 - rs1)) resumed), $sc syscalls/handshake"
+        done
+    done
+    stop_pid "$ECHO_PID"
+    column -t "$out"
+    column -t "$groups"
+}
+
 check_ports
 prepare
-if [ "$CALLGRIND" = 1 ]; then callgrind_run; else main_run; fi
+case $CALLGRIND in
+1) callgrind_run ;;
+hs) callgrind_hs_run ;;
+*) main_run ;;
+esac
