@@ -746,14 +746,19 @@ def test_7_close_twice(ws):
 
 @pytest.mark.parametrize("after", ["text", "ping", "binary-fragment"])
 def test_7_frames_after_close_not_answered(env, ws, after):
-    ws.send_close(1000)
+    # The close and what follows it go in one write: once wsguard has
+    # completed the close handshake it may shut the connection, and a
+    # later write of ours would then fail (a race, not a finding).
+    raw = rawws.build_frame(OP_CLOSE, rawws.close_payload(1000))
     if after == "text":
-        ws.send_frame(OP_TEXT, b"Hello World!")
+        raw += rawws.build_frame(OP_TEXT, b"Hello World!")
     elif after == "ping":
-        ws.send_frame(OP_PING, b"Hello World!")
+        raw += rawws.build_frame(OP_PING, b"Hello World!")
     else:
-        ws.send_frame(OP_BINARY, b"Hello", fin=False)
-        ws.send_frame(OP_CONT, b"World!")
+        raw += rawws.build_frame(OP_BINARY, b"Hello", fin=False)
+        raw += rawws.build_frame(OP_CONT, b"World!")
+    ws.send_raw(raw)
+    ws.close_sent = True
     res = ws.expect_close(CLOSE_T)
     assert res.code == 1000
     assert ws.skipped == [], "answered after the close: %r" % (ws.skipped,)
@@ -764,9 +769,11 @@ def test_7_frames_after_close_not_answered(env, ws, after):
 
 def test_7_close_inside_fragmented_message(env, ws):
     # Autobahn 7.1.5: fragment, close, the rest: only the close comes back
-    ws.send_frame(OP_TEXT, b"fragment1", fin=False)
-    ws.send_close(1000)
-    ws.send_frame(OP_CONT, b"fragment2", fin=True)
+    # One write, for the reason given in the test above.
+    ws.send_raw(rawws.build_frame(OP_TEXT, b"fragment1", fin=False) +
+                rawws.build_frame(OP_CLOSE, rawws.close_payload(1000)) +
+                rawws.build_frame(OP_CONT, b"fragment2", fin=True))
+    ws.close_sent = True
     res = ws.expect_close(CLOSE_T)
     assert res.code == 1000
     assert ws.skipped == []
