@@ -116,9 +116,12 @@ int upgrade_check_response(const struct http_response *resp,
                            const char **proto, size_t *proto_len,
                            const char **reason);
 
-/* Write the 101 for the client into out[0..cap); returns length or -1. */
+/* Write the 101 for the client into out[0..cap), with
+ * Sec-WebSocket-Extensions: ext when ext is not NULL (pmd_negotiate()'s
+ * answer); returns length or -1. */
 int upgrade_client_response(char *out, size_t cap, const char *client_key,
-                            const char *proto, size_t proto_len);
+                            const char *proto, size_t proto_len,
+                            const char *ext);
 
 /* out = base64(SHA-1(key ++ GUID)), NUL-terminated (29 bytes). */
 void upgrade_accept(const char *key, size_t key_len, char out[29]);
