@@ -842,8 +842,11 @@ dir_zresume(struct relay *r, struct dir *d)
     d->xstall = 0;
     if (d->xend)
         return dir_zend(r, d);
-    if (d->xmore)
+    if (d->xmore) {
         (void)dir_zfeed(r, d, NULL, 0, &code);
+        if (code == 0)
+            ofr_pause(r, d);
+    }
     return code;
 }
 
@@ -952,6 +955,11 @@ dir_parse(struct relay *r, struct dir *d)
             long used = dir_xpayload(r, d, p, take, &code);
             if (used < 0)
                 return code;
+            /* The frame being built stays open only into the message's
+             * end, which follows at once: b holds no more of this frame
+             * now, and o may go back to the pool before it comes. */
+            if (d->remaining > 0)
+                ofr_pause(r, d);
             if ((size_t)used < take)
                 return 0;       /* o must drain, or a code point waits */
         } else {
