@@ -540,6 +540,16 @@ bad_utf8:
  * small frames. */
 #define OFR_MIN 1024
 
+/* A frame is built in o only inside one call of the engine: between
+ * calls o may go back to the pool (checked in the sanitizer and fuzz
+ * builds, like BUF_CHECK). */
+#if defined(WSGUARD_CHECKS) || defined(__SANITIZE_ADDRESS__) \
+    || defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
+#define OFR_CHECK(d) do { if ((d)->oopen) abort(); } while (0)
+#else
+#define OFR_CHECK(d) ((void)0)
+#endif
+
 /* n bytes at b->parsed were consumed by the transform: they are never
  * forwarded. When everything validated is written the window just moves
  * (no copy); else the rest of the input moves down. */
@@ -1161,6 +1171,7 @@ relay_rx_done(struct relay *r, struct dir *d, size_t n, double now)
 {
     r->now = now;
     dir_rx_done(r, d, n);
+    OFR_CHECK(d);
     return take_events(r);
 }
 
@@ -1201,6 +1212,7 @@ relay_tx_next(struct relay *r, struct dir *d, size_t *len)
 {
     struct buf *b;
 
+    OFR_CHECK(d);
     if (d->ctl_busy) {
         *len = (size_t)(d->ctl_len - d->ctl_off);
         return d->ctl + d->ctl_off;
