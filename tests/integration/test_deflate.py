@@ -471,3 +471,24 @@ def test_memory_released_and_bounded(backend, wsguard_factory):
     # the inflater (2^15 window: websockets offers no client limit value)
     # and the deflater (2^12) with context takeover: ~80 KB, plus TLS
     assert per < 200 * KiB, per
+
+
+def test_route_overrides(backend, wsguard_factory):
+    """[limits] keys per route: deflate off on one route, another window
+    on a second; the global policy elsewhere."""
+    routes = ("\n[route /off]\nurl = %s\ndeflate = off\n"
+              "\n[route /w9]\nurl = %s\ndeflate_window_bits = 9\n"
+              "\n[route /other]\nurl = %s\n"
+              % (backend.url, backend.url, backend.url))
+    wsg = wsguard_factory(backend.url, _ini=routes)
+    offer = {"Sec-WebSocket-Extensions":
+             "permessage-deflate; client_max_window_bits"}
+    got = {}
+    for path in ("/off", "/w9", "/other"):
+        with rawws.connect(wsg.host, wsg.port, wsg.client_ssl, path=path,
+                           headers=offer) as ws:
+            got[path] = ws.response_head.decode("latin-1").lower()
+    assert "sec-websocket-extensions" not in got["/off"]
+    assert "server_max_window_bits=9" in got["/w9"]
+    assert "client_max_window_bits=9" in got["/w9"]
+    assert "server_max_window_bits=12" in got["/other"]
