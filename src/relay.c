@@ -853,7 +853,7 @@ dir_zresume(struct relay *r, struct dir *d)
     if (d->xend)
         return dir_zend(r, d);
     if (d->xmore) {
-        (void)dir_zfeed(r, d, NULL, 0, &code);
+        (void)dir_zfeed(r, d, (const uint8_t *)"", 0, &code);
         if (code == 0)
             ofr_pause(r, d);
     }
