@@ -1223,19 +1223,23 @@ again:
         *len = b->parsed - b->pos;
         return b->data + b->pos;
     }
-    if (d->o != NULL && d->o->pos < d->o->parsed) {
-        *len = d->o->parsed - d->o->pos;
-        return d->o->data + d->o->pos;
-    }
-    if (d->xstall && d->mode == MODE_RELAY) {
-        /* o has drained: the transformed message goes on (and whatever
-         * waits behind it in b). */
-        uint64_t x = d->xframes;
-        uint32_t p = b != NULL ? b->parsed : 0;
-        dir_process(r, d);
-        if (d->xframes != x || (d->b != NULL && d->b->parsed != p) ||
-            (d->b != NULL && d->b->pos < d->b->parsed))
-            goto again;
+    /* (A stalled message always has o: plain sessions test one pointer
+     * here.) */
+    if (d->o != NULL) {
+        if (d->o->pos < d->o->parsed) {
+            *len = d->o->parsed - d->o->pos;
+            return d->o->data + d->o->pos;
+        }
+        if (d->xstall && d->mode == MODE_RELAY) {
+            /* o has drained: the transformed message goes on (and
+             * whatever waits behind it in b). */
+            uint64_t x = d->xframes;
+            uint32_t p = b != NULL ? b->parsed : 0;
+            dir_process(r, d);
+            if (d->xframes != x || (d->b != NULL && d->b->parsed != p) ||
+                (d->b != NULL && d->b->pos < d->b->parsed))
+                goto again;
+        }
     }
     if (d->close_fwd && d->mode == MODE_DISCARD) {
         /* The relayed close frame was the last forwarded byte. */
