@@ -494,3 +494,30 @@ def test_route_overrides(backend, wsguard_factory):
     assert "server_max_window_bits=9" in got["/w9"]
     assert "client_max_window_bits=9" in got["/w9"]
     assert "server_max_window_bits=12" in got["/other"]
+
+
+def test_backpressure_compressed_message(backend_factory, wsguard_factory):
+    """A backend that never reads: a compressed message of 24 MiB
+    (random bytes: as long on the wire) is inflated only as far as the
+    backend takes it; the client's writes block and wsguard's RSS stays
+    flat (its 16 KiB buffers and the kernel's hold the rest)."""
+    be = backend_factory("--no-read")
+    wsg = wsguard_factory(be.url, LIMITS_MAX_PAYLOAD="0",
+                          LIMITS_MAX_INFLATE_RATIO="0",
+                          SERVER_WRITE_TIMEOUT="0", SERVER_DRAIN_TIMEOUT="1s")
+    z = deflate_raw(os.urandom(24 * MiB), level=1)
+    with raw_client(wsg) as ws:
+        be.wait_record(lambda r: r.get("event") == "open")
+        rss0 = wsg.rss_kb()
+        ws.sock.settimeout(2)
+        sent = 0
+        frame = rawws.build_frame(OP_BINARY, z, rsv=4)
+        try:
+            while sent < len(frame):
+                sent += ws.sock.send(frame[sent:sent + 65536])
+        except (OSError, TimeoutError):
+            pass                # the client's writes block: backpressure
+        assert sent < len(frame), "everything was taken: no backpressure"
+        rss = wsg.rss_kb()
+        assert rss - rss0 < 8 * KiB, (rss0, rss)
+        assert wsg.alive()
