@@ -521,3 +521,19 @@ def test_backpressure_compressed_message(backend_factory, wsguard_factory):
         rss = wsg.rss_kb()
         assert rss - rss0 < 8 * KiB, (rss0, rss)
         assert wsg.alive()
+
+
+def test_byte_rate_counts_inflated_bytes(raw_backend_factory, wsguard_factory):
+    """bytes_per_second charges what a compressed message inflates to, not
+    its size on the wire: 1 MiB of zeros (about 1 KB compressed) against
+    64 KiB per second closes with 1008 while it inflates."""
+    rb = raw_backend_factory()
+    wsg = wsguard_factory(rb.url, LIMITS_BYTES_PER_SECOND="64k",
+                          LIMITS_MAX_INFLATE_RATIO="0")
+    with raw_client(wsg) as ws:
+        z = deflate_raw(b"\x00" * MiB)
+        assert len(z) < 2 * KiB
+        ws.send_frame(OP_BINARY, z, rsv=4)
+        code, reason, _ = ws.expect_close(timeout=10)
+    assert code == 1008 and "byte rate" in reason, (code, reason)
+    assert sum(f["len"] for f in rb.data_frames()) < 256 * KiB
