@@ -351,6 +351,8 @@ struct totals {
     uint64_t rejected[REF_COUNT];
     uint64_t enforced[ENF_COUNT];
     uint64_t bytes[DIR_COUNT], messages[DIR_COUNT];
+    uint64_t deflate_sessions;
+    uint64_t deflate_bytes[DIR_COUNT][FORM_COUNT];
     uint64_t closes[CLOSE_CODE_COUNT][BY_COUNT];
     struct histo_total handshake, be_connect;
     uint64_t reloads[2];
@@ -513,7 +515,11 @@ totals_read(struct totals *t)
         for (int i = 0; i < DIR_COUNT; i++) {
             t->bytes[i] += stats_get(&st->bytes[i]);
             t->messages[i] += stats_get(&st->messages[i]);
+            for (int f = 0; f < FORM_COUNT; f++)
+                t->deflate_bytes[i][f] +=
+                    stats_get(&st->deflate_bytes[i][f]);
         }
+        t->deflate_sessions += stats_get(&st->deflate_sessions);
         for (int i = 0; i < CLOSE_CODE_COUNT; i++)
             for (int b = 0; b < BY_COUNT; b++)
                 t->closes[i][b] += stats_get(&st->closes[i][b]);
@@ -726,6 +732,25 @@ render_metrics(struct sbuf *b, const struct totals *t)
     for (int i = 0; i < DIR_COUNT; i++)
         prom_u64_1(b, "wsguard_bytes_total", "direction",
                    direction_label[i], t->bytes[i]);
+
+    prom_family(b, "wsguard_deflate_sessions_total", "counter",
+                "Sessions that agreed permessage-deflate with the client.");
+    sb_printf(b, "wsguard_deflate_sessions_total %" PRIu64 "\n",
+              t->deflate_sessions);
+
+    prom_family(b, "wsguard_deflate_bytes_total", "counter",
+                "Payload of permessage-deflate messages (in: as the client "
+                "sent them and inflated; out: as the backend sent them "
+                "and compressed).");
+    for (int i = 0; i < DIR_COUNT; i++) {
+        for (int f = 0; f < FORM_COUNT; f++) {
+            sb_str(b, "wsguard_deflate_bytes_total{");
+            prom_label(b, "direction", direction_label[i]);
+            sb_str(b, ",");
+            prom_label(b, "form", form_label[f]);
+            sb_printf(b, "} %" PRIu64 "\n", t->deflate_bytes[i][f]);
+        }
+    }
 
     prom_family(b, "wsguard_route_connections_active", "gauge",
                 "Sessions open now, by route (\"/\" without routes).");

@@ -88,6 +88,13 @@ struct policy {
     uint64_t message_burst;
     uint64_t bytes_per_second;
     uint64_t control_frames_per_second;
+    /* permessage-deflate (RFC 7692), terminated at wsguard */
+    bool deflate;
+    uint64_t deflate_window_bits;   /* 8..15, both directions */
+    uint64_t deflate_level;         /* zlib level 0..9 */
+    uint64_t deflate_min_size;      /* bytes: smaller backend messages go
+                                       uncompressed */
+    uint64_t max_inflate_ratio;     /* inflated/compressed; 0 = no limit */
 };
 
 struct route {

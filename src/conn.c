@@ -111,6 +111,9 @@ struct conn {
     char *origin;
     char *sub;
     char *jti;                  /* for revocation */
+    struct pmd_params pmd;      /* permessage-deflate, as agreed */
+    int pmd_neg;                /* pmd_negotiate(): > 0 agreed,
+                                   PMD_NEG_NONE, PMD_NEG_MALFORMED */
 };
 
 static void conn_refuse(struct conn *c, enum refusal kind,
@@ -253,6 +256,21 @@ conn_log(struct conn *c)
     rec.msgs_out = c->r.down.msgs;
     rec.duration_ms = (uint64_t)((now_of(c) - c->started) * 1000);
     rec.tls_version = c->tls_version;
+    char dfl[96];
+    if (c->relayed && c->pmd_neg > 0) {
+        /* What was agreed, compactly: windows, then the takeovers given
+         * up ("s" wsguard's side, "c" the client's). */
+        snprintf(dfl, sizeof dfl, "server_bits=%u client_bits=%u%s%s",
+                 c->pmd.server_max_window_bits,
+                 c->pmd.client_max_window_bits,
+                 c->pmd.server_no_context_takeover
+                     ? " server_no_context_takeover" : "",
+                 c->pmd.client_no_context_takeover
+                     ? " client_no_context_takeover" : "");
+        rec.deflate = dfl;
+    } else if (c->relayed && c->pmd_neg == PMD_NEG_MALFORMED) {
+        rec.deflate = "malformed offer";
+    }
     log_access(&rec);
     if (c->relayed && c->r.closed_by != NULL) {
         int by = strcmp(c->r.closed_by, "client") == 0    ? BY_CLIENT
@@ -858,6 +876,7 @@ relay_begin(struct conn *c)
     struct hs *h = c->hs;
     const struct checks *k = &h->k;
     struct relay_setup s = {
+        .pmd = c->pmd_neg > 0 ? &c->pmd : NULL,
         .cfg = cfg_of(c),
         .pol = c->pol,
         .cli = &c->cli,
@@ -878,6 +897,8 @@ relay_begin(struct conn *c)
     relay_init(&c->r, &s);
     c->relayed = 1;
     stats_add(&c->w->st.sessions, 1);
+    if (c->pmd_neg > 0)
+        stats_add(&c->w->st.deflate_sessions, 1);
     stats_observe(&c->w->st.handshake, now_of(c) - c->started);
     if ((c->rstat = stats_route(&c->w->st, c->route)) != NULL) {
         stats_add(&c->rstat->active, 1);
@@ -974,14 +995,30 @@ be_read_response(struct conn *c)
         proto = k->tok.entry;
         proto_len = k->tok.entry_len;
     }
+    /* permessage-deflate is agreed with the client alone (the backend
+     * was offered no extension). A malformed offer is no extension, not
+     * a failed upgrade (what browsers expect). */
+    const struct policy *pol = c->pol;
+    struct pmd_policy pp = {
+        .enabled = pol->deflate,
+        .server_max_window_bits = (uint8_t)pol->deflate_window_bits,
+        .client_max_window_bits = (uint8_t)pol->deflate_window_bits,
+    };
+    char ext[PMD_RESPONSE_MAX];
+    c->pmd_neg = pmd_negotiate(&pp, k->req.headers, k->req.nheaders,
+                               &c->pmd, ext, sizeof ext);
+    if (c->pmd_neg == PMD_NEG_MALFORMED)
+        log_info("%s: malformed Sec-WebSocket-Extensions: "
+                 "permessage-deflate not agreed", c->cl.ip);
     /* The echoed token entry can be as long as max_token_bytes. */
-    size_t cap = 256 + proto_len;
+    size_t cap = 256 + PMD_RESPONSE_MAX + proto_len;
     free(h->out);
     if ((h->out = malloc(cap)) == NULL) {
         conn_refuse(c, REF_INTERNAL, NULL);
         return;
     }
-    int m = upgrade_client_response(h->out, cap, key, proto, proto_len);
+    int m = upgrade_client_response(h->out, cap, key, proto, proto_len,
+                                    c->pmd_neg > 0 ? ext : NULL);
     if (m == UPGRADE_NOMEM) {
         conn_refuse(c, REF_INTERNAL, NULL);
         return;

@@ -532,6 +532,8 @@ log_access(const struct access_rec *r)
     rec_num(&l, json, "duration_ms", r->duration_ms);
     rec_str(&l, json, "tls_version", r->tls_version,
             r->tls_version ? strlen(r->tls_version) : 0);
+    rec_str(&l, json, "deflate", r->deflate,
+            r->deflate ? strlen(r->deflate) : 0);
     if (json)
         line_str(&l, "}");
     line_end(&l);

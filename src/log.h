@@ -68,6 +68,8 @@ struct access_rec {
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
     uint64_t duration_ms;
     const char *tls_version;
+    const char *deflate;        /* sessions: permessage-deflate as agreed
+                                   (NULL: not) */
 };
 
 void log_access(const struct access_rec *r);

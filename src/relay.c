@@ -78,6 +78,16 @@ relay_init(struct relay *r, const struct relay_setup *s)
     r->expiry = s->expiry;
     dir_init(&r->up, &r->cli, &r->be, 1, p->max_payload);
     dir_init(&r->down, &r->be, &r->cli, 0, p->max_payload_backend);
+    r->up.zmin = r->down.zmin = UINT64_MAX;
+    if (s->pmd != NULL) {
+        /* Nothing is allocated until a message needs it (pmd.h). */
+        r->pmd = 1;
+        r->up.msg.rsv1_ok = 1;
+        pmd_inflater_init(&r->zin, s->pmd, p->max_payload,
+                          (uint32_t)p->max_inflate_ratio);
+        pmd_deflater_init(&r->zout, s->pmd, (int)p->deflate_level);
+        r->down.zmin = p->deflate_min_size;
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -229,7 +239,7 @@ dir_discard(struct dir *d)
     d->mode = MODE_DISCARD;
     /* The forwarded stream is left inside a frame: no frame of ours can
      * follow it, the destination's connection is cut after the flush. */
-    if (d->in_frame)
+    if (d->in_frame && !d->xform)
         d->cut = 1;
 }
 
@@ -315,6 +325,9 @@ limit_control(struct relay *r, struct dir *d, const struct ws_header *h)
  * forwarded: the message rate is charged on a message's first frame, the
  * byte rate on every frame. */
 static int
+limit_bytes(struct relay *r, struct dir *d, uint64_t n);
+
+static int
 limit_data(struct relay *r, struct dir *d, const struct ws_header *h)
 {
     const struct policy *p = r->pol;
@@ -328,10 +341,20 @@ limit_data(struct relay *r, struct dir *d, const struct ws_header *h)
             return WS_CLOSE_POLICY;
         }
     }
+    /* A compressed message is charged as it inflates (dir_zout). */
+    if (h->rsv == 0 && !(h->opcode == WS_OP_CONT && d->msg.compressed))
+        return limit_bytes(r, d, h->len);
+    return 0;
+}
+
+static int
+limit_bytes(struct relay *r, struct dir *d, uint64_t n)
+{
+    const struct policy *p = r->pol;
+
     if (p->bytes_per_second) {
         double rate = (double)p->bytes_per_second;
-        if (!bucket_take(&r->b_bytes, rate, rate, (double)h->len, r->now,
-                         1)) {
+        if (!bucket_take(&r->b_bytes, rate, rate, (double)n, r->now, 1)) {
             d->why = "byte rate exceeded";
             d->enf = ENF_RATE;
             return WS_CLOSE_POLICY;
@@ -460,7 +483,7 @@ dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
     size_t len = b1 & 0x7F, hdr;
 
     if ((b0 != 0x81 && b0 != 0x82) || len > 125 || d->msg.in_msg ||
-        (b1 >> 7) != d->from_client)
+        (b1 >> 7) != d->from_client || len >= d->zmin)
         return 0;
     hdr = d->from_client ? 6 : 2;
     if (avail < hdr + len ||
@@ -508,6 +531,336 @@ bad_utf8:
     return -1;
 }
 
+/* ------------------------------------------------------------------ */
+/* permessage-deflate: the transformed messages                        */
+
+/* Room kept for the header of a frame built in o: 2 + 2 (a 16-bit
+ * length: o is smaller than 64 KiB) + 4 (the mask toward the backend). */
+#define OFR_HDR 8
+/* Less room than this left in o: wait for it to drain rather than build
+ * small frames. */
+#define OFR_MIN 1024
+
+/* A frame is built in o only inside one call of the engine: between
+ * calls o may go back to the pool (checked in the sanitizer and fuzz
+ * builds, like BUF_CHECK). */
+#if defined(WSGUARD_CHECKS) || defined(__SANITIZE_ADDRESS__) \
+    || defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
+#define OFR_CHECK(d) do { if ((d)->oopen) abort(); } while (0)
+#else
+#define OFR_CHECK(d) ((void)0)
+#endif
+
+/* n bytes at b->parsed were consumed by the transform: they are never
+ * forwarded. When everything validated is written the window just moves
+ * (no copy); else the rest of the input moves down. */
+static void
+buf_consume(struct buf *b, size_t n)
+{
+    if (n == 0)
+        return;
+    if (b->pos == b->parsed) {
+        b->pos += (uint32_t)n;
+        b->parsed += (uint32_t)n;
+    } else {
+        memmove(b->data + b->parsed, b->data + b->parsed + n,
+                b->last - b->parsed - n);
+        b->last -= (uint32_t)n;
+    }
+}
+
+/* Where more payload of the frame being built in o goes, and how much
+ * fits (*cap). NULL when o lacks room (wait for it to drain), or when no
+ * buffer could be had (*code = 1011). */
+static uint8_t *
+ofr_room(struct relay *r, struct dir *d, size_t *cap, int *code)
+{
+    struct buf *o = d->o;
+
+    *cap = 0;
+    if (o == NULL && (o = d->o = bufpool_get(r->bufs)) == NULL) {
+        d->why = "out of memory";
+        *code = WS_CLOSE_INTERNAL;
+        return NULL;
+    }
+    if (!d->oopen) {
+        if (o->pos == o->last)
+            o->pos = o->parsed = o->last = 0;
+        if (BUF_SIZE - o->last < OFR_HDR + OFR_MIN)
+            return NULL;
+        d->oopen = 1;
+        d->olen = 0;
+    }
+    size_t at = o->last + OFR_HDR + d->olen;
+    if (at >= BUF_SIZE)
+        return NULL;
+    *cap = BUF_SIZE - at;
+    return o->data + at;
+}
+
+/* Finish the frame being built: its header (RSV1 on the first frame of a
+ * message compressed toward the client; masked with a fresh key toward
+ * the backend), then it may be sent. */
+static void
+ofr_close(struct relay *r, struct dir *d, int fin)
+{
+    struct buf *o = d->o;
+    uint8_t *fr = o->data + o->last;
+    uint8_t hdr[WS_MAX_HEADER], key[4];
+    const uint8_t *k = NULL;
+
+    if (d->from_client) {
+        rnd_take4(r->rnd, key);
+        k = key;
+    }
+    size_t hl = ws_write_header(hdr, fin, d->xfirst ? d->xop : WS_OP_CONT,
+                                k, d->olen);
+    if (!d->from_client && d->xfirst)
+        hdr[0] |= 0x40;         /* RSV1: compressed (RFC 7692 §6) */
+    if (hl < OFR_HDR)
+        memmove(fr + hl, fr + OFR_HDR, d->olen);
+    memcpy(fr, hdr, hl);
+    if (k != NULL)
+        ws_mask(fr + hl, d->olen, k, 0);
+    o->last += (uint32_t)(hl + d->olen);
+    o->parsed = o->last;
+    d->oopen = 0;
+    d->xfirst = 0;
+    d->xframes++;
+    BUF_CHECK(o);
+}
+
+/* Leave the frame being built: sent as a non-final fragment when it has
+ * payload, forgotten otherwise. */
+static void
+ofr_pause(struct relay *r, struct dir *d)
+{
+    if (d->oopen && d->olen > 0)
+        ofr_close(r, d, 0);
+    d->oopen = 0;
+}
+
+/* The close code of a failed compressor call. */
+static int
+dir_zfail(struct dir *d, int res)
+{
+    switch (res) {
+    case PMD_TOO_BIG:
+        d->why = "message too big (inflated)";
+        d->zenf = ENF_INFLATE_SIZE + 1;
+        return WS_CLOSE_TOO_BIG;
+    case PMD_RATIO:
+        d->why = "inflate ratio exceeded";
+        d->zenf = ENF_INFLATE_RATIO + 1;
+        return WS_CLOSE_TOO_BIG;
+    case PMD_BAD_DATA:
+        d->why = "invalid deflate data";
+        d->zenf = ENF_INFLATE_INVALID + 1;
+        return WS_CLOSE_INVALID_DATA;
+    default:
+        d->why = "compression failed";
+        return WS_CLOSE_INTERNAL;
+    }
+}
+
+/* n bytes were inflated from the client at p: the byte rate counts them,
+ * and a text message's UTF-8 is checked on them. Returns 0 or the close
+ * code. */
+static int
+dir_zout(struct relay *r, struct dir *d, const uint8_t *p, size_t n)
+{
+    int code;
+
+    if (!d->from_client)
+        return 0;
+    if ((code = limit_bytes(r, d, n)) != 0)
+        return code;
+    if (d->xop == WS_OP_TEXT &&
+        !(d->msg.utf8 == UTF8_ACCEPT && utf8_is_ascii(p, n))) {
+        d->msg.utf8 = utf8_validate(d->msg.utf8, p, n);
+        if (d->msg.utf8 == UTF8_REJECT) {
+            d->why = "invalid UTF-8";
+            return WS_CLOSE_INVALID_DATA;
+        }
+    }
+    return 0;
+}
+
+static void
+zcount(struct relay *r, const struct dir *d, size_t in, size_t out)
+{
+    stat_t *c = r->st->deflate_bytes[d->from_client ? DIR_IN : DIR_OUT];
+
+    /* in: the client's compressed bytes in, plain out; out: the
+     * reverse. */
+    stats_add(&c[d->from_client ? FORM_COMPRESSED : FORM_UNCOMPRESSED], in);
+    stats_add(&c[d->from_client ? FORM_UNCOMPRESSED : FORM_COMPRESSED], out);
+}
+
+/*
+ * Feed p[0..len) (compressed from the client, or plain from the backend;
+ * len 0 drains what the inflater holds) to d's compressor, its output
+ * into frames in o. Returns the bytes taken: all of them, or fewer when o
+ * must drain first (d->xstall) or with *code set.
+ */
+static size_t
+dir_zfeed(struct relay *r, struct dir *d, const uint8_t *p, size_t len,
+          int *code)
+{
+    size_t done = 0;
+
+    for (;;) {
+        size_t cap, used, prod;
+        uint8_t *dst = ofr_room(r, d, &cap, code);
+        if (dst == NULL) {
+            if (*code == 0) {
+                ofr_pause(r, d);
+                d->xstall = 1;
+            }
+            return done;
+        }
+        int res = d->from_client
+            ? pmd_inflate(&r->zin, p + done, len - done, &used, dst, cap,
+                          &prod)
+            : pmd_deflate(&r->zout, p + done, len - done, &used, dst, cap,
+                          &prod);
+        if (res > PMD_NEED_OUTPUT_SPACE) {
+            *code = dir_zfail(d, res);
+            return done;
+        }
+        done += used;
+        zcount(r, d, used, prod);
+        if (prod > 0 && (*code = dir_zout(r, d, dst, prod)) != 0)
+            return done;
+        d->olen += (uint32_t)prod;
+        if (res == PMD_OK) {
+            d->xmore = 0;
+            return done;
+        }
+        /* o is full: what it holds may go; more output may wait in the
+         * inflater even when all the input was taken. */
+        d->xmore = done == len;
+        if (prod == 0 && d->olen == 0) {
+            ofr_pause(r, d);
+            d->xstall = 1;
+            return done;
+        }
+        ofr_pause(r, d);
+    }
+}
+
+/*
+ * The final frame of a transformed message was taken whole: flush the
+ * compressor (the inflater appends the 00 00 ff ff tail, the deflater
+ * strips it) and write the message's final frame. Returns 0 (done, or
+ * waiting for o to drain with d->xend and d->xstall set) or the close
+ * code.
+ */
+static int
+dir_zend(struct relay *r, struct dir *d)
+{
+    int code = 0;
+
+    d->xend = 1;
+    for (;;) {
+        size_t cap, prod;
+        uint8_t *dst = ofr_room(r, d, &cap, &code);
+        if (dst == NULL) {
+            if (code == 0) {
+                ofr_pause(r, d);
+                d->xstall = 1;
+            }
+            return code;
+        }
+        int res = d->from_client
+            ? pmd_inflate_end(&r->zin, dst, cap, &prod)
+            : pmd_deflate_end(&r->zout, dst, cap, &prod);
+        if (res > PMD_NEED_OUTPUT_SPACE)
+            return dir_zfail(d, res);
+        zcount(r, d, 0, prod);
+        if (prod > 0 && (code = dir_zout(r, d, dst, prod)) != 0)
+            return code;
+        d->olen += (uint32_t)prod;
+        if (res == PMD_OK)
+            break;
+        ofr_pause(r, d);
+        if (prod == 0) {
+            d->xstall = 1;
+            return 0;
+        }
+    }
+    /* RFC 6455 §8.1 (in: on the inflated text): refused before its
+     * final frame goes out. */
+    if (d->xop == WS_OP_TEXT && d->msg.utf8 != UTF8_ACCEPT) {
+        d->why = "invalid UTF-8";
+        return WS_CLOSE_INVALID_DATA;
+    }
+    ofr_close(r, d, 1);
+    d->xend = d->xform = 0;
+    (void)ws_msg_end(&d->msg);  /* UTF-8 checked above or on the input */
+    d->msgs++;
+    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+    return 0;
+}
+
+/* Payload p[0..take) of a transformed frame: unmasked (in) or validated
+ * (out), fed to the compressor and consumed from b. Returns the bytes
+ * consumed, or -1 with *code set. */
+static long
+dir_xpayload(struct relay *r, struct dir *d, uint8_t *p, size_t take,
+             int *code)
+{
+    size_t feed = take;
+    uint32_t st0 = d->msg.utf8;
+
+    if (!d->from_client && d->xop == WS_OP_TEXT) {
+        /* The backend's text is validated before it is compressed (an
+         * unfinished code point at the end of the final frame waits). */
+        long ok = dir_text(d, p, take);
+        if (ok < 0) {
+            d->why = "invalid UTF-8";
+            *code = WS_CLOSE_INVALID_DATA;
+            return -1;
+        }
+        feed = (size_t)ok;
+    }
+    if (d->masked)
+        ws_mask(p, feed, d->ckey, d->frame_off);
+    size_t used = dir_zfeed(r, d, p, feed, code);
+    if (*code != 0)
+        return -1;
+    if (used < feed) {
+        /* Not taken yet: back to the sender's mask and UTF-8 state, to
+         * be processed again when o has drained. */
+        if (d->masked)
+            ws_mask(p + used, feed - used, d->ckey, d->frame_off + used);
+        if (!d->from_client && d->xop == WS_OP_TEXT)
+            d->msg.utf8 = utf8_validate(st0, p, used);
+    }
+    buf_consume(d->b, used);
+    d->remaining -= used;
+    d->frame_off += used;
+    return (long)used;
+}
+
+/* A transformed message goes on after o drained: what the compressor
+ * still holds first. Returns 0 or the close code. */
+static int
+dir_zresume(struct relay *r, struct dir *d)
+{
+    int code = 0;
+
+    d->xstall = 0;
+    if (d->xend)
+        return dir_zend(r, d);
+    if (d->xmore) {
+        (void)dir_zfeed(r, d, (const uint8_t *)"", 0, &code);
+        if (code == 0)
+            ofr_pause(r, d);
+    }
+    return code;
+}
+
 /* Validate and transform new bytes [parsed, last) of d. Returns 0, or the
  * close code the sender has earned. */
 static int
@@ -519,6 +872,15 @@ dir_parse(struct relay *r, struct dir *d)
         uint8_t *p = b->data + b->parsed;
         size_t avail = b->last - b->parsed;
 
+        /* Frames in o go first: until they are written, only the message
+         * being transformed goes on (into o). */
+        if (d->o != NULL && (d->xstall || d->o->pos < d->o->parsed) &&
+            !(d->in_frame && d->xform)) {
+            d->xstall = 1;
+            return 0;
+        }
+        if (d->xstall)
+            return 0;
         if (!d->in_frame && avail >= 2) {
             int code;
             long n = dir_fast(r, d, p, avail, &code);
@@ -557,6 +919,29 @@ dir_parse(struct relay *r, struct dir *d)
             }
             if (d->from_client && (code = limit_data(r, d, &h)))
                 return code;
+            if (h.opcode != WS_OP_CONT) {
+                /* in: the client compressed it (RSV1, allowed by
+                 * ws_check_header only when agreed); out: wsguard
+                 * compresses what is large enough, and a fragmented
+                 * message whose size is not known yet. */
+                d->xform = d->from_client
+                    ? d->msg.compressed
+                    : d->zmin != UINT64_MAX && (h.len >= d->zmin || !h.fin);
+                d->xop = h.opcode;
+                d->xfirst = 1;
+            }
+            if (d->xform) {
+                /* Its header is consumed: wsguard writes its own. */
+                if (h.masked)
+                    memcpy(d->ckey, h.key, 4);
+                d->masked = h.masked;
+                d->fin = h.fin;
+                d->remaining = h.len;
+                d->frame_off = 0;
+                d->in_frame = 1;
+                buf_consume(b, (size_t)n);
+                goto frame_end;
+            }
             if (h.fin && h.len == 0 && d->msg.opcode == WS_OP_TEXT &&
                 d->msg.utf8 != UTF8_ACCEPT) {
                 /* An empty final fragment ends a text message inside a
@@ -575,6 +960,19 @@ dir_parse(struct relay *r, struct dir *d)
             d->frame_off = 0;
             d->in_frame = 1;
             b->parsed += (uint32_t)n;
+        } else if (d->xform) {
+            size_t take = avail < d->remaining ? avail : (size_t)d->remaining;
+            int code = 0;
+            long used = dir_xpayload(r, d, p, take, &code);
+            if (used < 0)
+                return code;
+            /* The frame being built stays open only into the message's
+             * end, which follows at once: b holds no more of this frame
+             * now, and o may go back to the pool before it comes. */
+            if (d->remaining > 0)
+                ofr_pause(r, d);
+            if ((size_t)used < take)
+                return 0;       /* o must drain, or a code point waits */
         } else {
             size_t take = avail < d->remaining ? avail : (size_t)d->remaining;
             if (d->msg.opcode == WS_OP_TEXT) {
@@ -600,8 +998,19 @@ dir_parse(struct relay *r, struct dir *d)
             d->remaining -= take;
             d->frame_off += take;
         }
+frame_end:
         if (d->in_frame && d->remaining == 0) {
             d->in_frame = 0;
+            if (d->xform) {
+                int code = 0;
+                if (d->fin)
+                    code = dir_zend(r, d);
+                else
+                    ofr_pause(r, d);
+                if (code)
+                    return code;
+                continue;
+            }
             if (d->fin) {
                 int code = ws_msg_end(&d->msg);
                 if (code) {
@@ -659,20 +1068,42 @@ static void
 dir_process(struct relay *r, struct dir *d)
 {
     if (d->mode == MODE_DISCARD) {
-        dir_skip(d);
-        BUF_CHECK(d->b);
+        if (d->b != NULL) {
+            dir_skip(d);
+            BUF_CHECK(d->b);
+        }
         return;
     }
-    uint32_t before = d->b->parsed;
-    int code = dir_parse(r, d);
+    uint32_t before = d->b != NULL ? d->b->parsed : 0;
+    uint64_t xbefore = d->xframes;
+    int code = 0;
+    if (d->xstall) {
+        /* A transformed message waits for o to drain. */
+        if (d->o != NULL && d->o->pos < d->o->parsed)
+            return;
+        code = dir_zresume(r, d);
+    }
+    if (code == 0 && !d->xstall && d->b != NULL)
+        code = dir_parse(r, d);
     BUF_CHECK(d->b);
     /* Activity for idle_timeout is what gets relayed: the pong to
      * wsguard's own ping is consumed without advancing parsed, so
      * heartbeats alone never keep an idle session open. */
-    if (d->b->parsed != before)
+    if ((d->b != NULL && d->b->parsed != before) || d->xframes != xbefore)
         r->last_activity = r->now;
     if (code == 0)
         return;
+    /* A frame being built in o is dropped (the frames before it are
+     * complete and validated: they still go). */
+    d->oopen = 0;
+    if (code == WS_CLOSE_INTERNAL) {
+        /* wsguard's own failure (no memory for zlib or a buffer), not
+         * the sender's. */
+        fail(r, code, code, "out of memory", "wsguard");
+        if (d->b != NULL && d->mode == MODE_DISCARD)
+            dir_skip(d);
+        return;
+    }
     /* A peer that broke the protocol is not waited for: it may be inside
      * a frame it will never finish, or its broken frame was its close.
      * Once our close frame is written, its connection is shut. */
@@ -684,7 +1115,8 @@ dir_process(struct relay *r, struct dir *d)
     snprintf(r->why_buf, sizeof r->why_buf, "%s %s",
              d->from_client ? "client" : "backend",
              d->why ? d->why : "protocol error");
-    enforced(r, code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
+    enforced(r, d->zenf ? (enum enforce)(d->zenf - 1)
+                : code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
                 : code == WS_CLOSE_POLICY ? (enum enforce)d->enf
                                           : ENF_PROTOCOL);
     if (d->from_client)
@@ -750,6 +1182,7 @@ relay_rx_done(struct relay *r, struct dir *d, size_t n, double now)
 {
     r->now = now;
     dir_rx_done(r, d, n);
+    OFR_CHECK(d);
     return take_events(r);
 }
 
@@ -759,6 +1192,8 @@ dir_drop_output(struct relay *r, struct dir *d)
 {
     if (d->b != NULL)
         d->b->pos = d->b->parsed;
+    if (d->o != NULL)
+        d->o->pos = d->o->parsed;
     ctl_reset(r, d);
 }
 
@@ -769,6 +1204,10 @@ dir_tx_idle(struct relay *r, struct dir *d)
 {
     struct buf *b = d->b;
 
+    if (d->o != NULL && d->o->pos == d->o->last && !d->xstall) {
+        bufpool_put(r->bufs, d->o);
+        d->o = NULL;
+    }
     if (b == NULL)
         return;
     if (b->parsed == b->last) {
@@ -782,15 +1221,36 @@ dir_tx_idle(struct relay *r, struct dir *d)
 const uint8_t *
 relay_tx_next(struct relay *r, struct dir *d, size_t *len)
 {
-    struct buf *b = d->b;
+    struct buf *b;
 
+    OFR_CHECK(d);
     if (d->ctl_busy) {
         *len = (size_t)(d->ctl_len - d->ctl_off);
         return d->ctl + d->ctl_off;
     }
+again:
+    b = d->b;
     if (b != NULL && b->pos < b->parsed) {
         *len = b->parsed - b->pos;
         return b->data + b->pos;
+    }
+    /* (A stalled message always has o: plain sessions test one pointer
+     * here.) */
+    if (d->o != NULL) {
+        if (d->o->pos < d->o->parsed) {
+            *len = d->o->parsed - d->o->pos;
+            return d->o->data + d->o->pos;
+        }
+        if (d->xstall && d->mode == MODE_RELAY) {
+            /* o has drained: the transformed message goes on (and
+             * whatever waits behind it in b). */
+            uint64_t x = d->xframes;
+            uint32_t p = b != NULL ? b->parsed : 0;
+            dir_process(r, d);
+            if (d->xframes != x || (d->b != NULL && d->b->parsed != p) ||
+                (d->b != NULL && d->b->pos < d->b->parsed))
+                goto again;
+        }
     }
     if (d->close_fwd && d->mode == MODE_DISCARD) {
         /* The relayed close frame was the last forwarded byte. */
@@ -804,7 +1264,8 @@ relay_tx_next(struct relay *r, struct dir *d, size_t *len)
     /* In relay mode a frame of the peer's may be half forwarded: ours
      * wait for its end. In discard mode the forwarded stream ended on a
      * frame boundary (or is cut). */
-    if (d->ctl_len && (d->mode == MODE_DISCARD || !d->in_frame)) {
+    if (d->ctl_len && (d->mode == MODE_DISCARD || !d->in_frame ||
+                       d->xform)) {
         d->ctl_busy = 1;        /* from here it must be finished first */
         *len = (size_t)(d->ctl_len - d->ctl_off);
         return d->ctl + d->ctl_off;
@@ -819,8 +1280,11 @@ static void
 dir_tx_done(struct relay *r, struct dir *d, size_t n)
 {
     if (!d->ctl_busy) {
-        d->b->pos += (uint32_t)n;
-        BUF_CHECK(d->b);
+        /* b's validated bytes go before o's (relay_tx_next). */
+        struct buf *b = d->b != NULL && d->b->pos < d->b->parsed ? d->b
+                                                                 : d->o;
+        b->pos += (uint32_t)n;
+        BUF_CHECK(b);
         return;
     }
     d->ctl_off += (uint16_t)n;
@@ -1127,7 +1591,8 @@ relay_settle(struct relay *r, double now)
 int
 relay_dir_pending(const struct dir *d)
 {
-    return (d->b && d->b->pos < d->b->parsed) || d->ctl_len;
+    return (d->b && d->b->pos < d->b->parsed) ||
+           (d->o && d->o->pos < d->o->parsed) || d->ctl_len;
 }
 
 /* Can d take more bytes from its source right now? */
@@ -1137,7 +1602,10 @@ dir_room(const struct dir *d)
     const struct buf *b = d->b;
     if (d->nomem)
         return 0;
-    return b == NULL || b->last < BUF_SIZE || b->pos == b->parsed;
+    /* Full: room only by compaction (a transformed message waiting for
+     * o to drain may fill b with input that is not parsed yet). */
+    return b == NULL || b->last < BUF_SIZE ||
+           (b->pos == b->parsed && b->parsed > 0);
 }
 
 void
@@ -1163,4 +1631,11 @@ relay_release(struct relay *r)
     if (r->down.b != NULL)
         bufpool_put(r->bufs, r->down.b);
     r->up.b = r->down.b = NULL;
+    if (r->up.o != NULL)
+        bufpool_put(r->bufs, r->up.o);
+    if (r->down.o != NULL)
+        bufpool_put(r->bufs, r->down.o);
+    r->up.o = r->down.o = NULL;
+    pmd_inflater_free(&r->zin);
+    pmd_deflater_free(&r->zout);
 }

@@ -27,6 +27,7 @@
 #include "buf.h"
 #include "config.h"
 #include "deadline.h"
+#include "pmd.h"
 #include "ratelimit.h"
 #include "rnd.h"
 #include "side.h"
@@ -96,6 +97,28 @@ struct dir {
     const char *why;            /* reason for the close code dir_parse
                                    returned, for the log */
     uint64_t bytes, msgs;       /* relayed in this direction */
+
+    /* permessage-deflate (pmd.h). A transformed message (in: compressed
+     * by the client; out: one wsguard compresses) is consumed from b and
+     * re-framed into o, complete frames of wsguard's own; tx sends b's
+     * validated bytes, then o's. While o holds unsent frames, nothing
+     * more of b is forwarded (only the transformed message goes on into
+     * o), which keeps the order. */
+    struct buf *o;              /* NULL while nothing is in flight */
+    uint64_t zmin;              /* out: messages from this size on are
+                                   compressed; UINT64_MAX: never */
+    uint64_t xframes;           /* frames written into o (activity) */
+    uint32_t olen;              /* payload bytes of the open frame */
+    uint8_t oopen;              /* a frame is being built at o->last (only
+                                   inside one call) */
+    uint8_t xform;              /* the current message is transformed */
+    uint8_t xop;                /* its opcode */
+    uint8_t xfirst;             /* its next output frame is its first */
+    uint8_t xend;               /* its end is being flushed */
+    uint8_t xmore;              /* the inflater holds more output */
+    uint8_t xstall;             /* waiting for o to drain */
+    uint8_t zenf;               /* enum enforce + 1 of an inflate-guard
+                                   close; 0 = none */
 };
 
 /* What a relay is made from. Pointers stay owned by the caller and must
@@ -111,6 +134,8 @@ struct relay_setup {
     double started;             /* when the connection was accepted */
     double expiry;              /* token exp + leeway to close at with
                                    1008; 0 = none */
+    const struct pmd_params *pmd;   /* permessage-deflate agreed with the
+                                   client; NULL = not */
 };
 
 struct relay {
@@ -135,6 +160,9 @@ struct relay {
     uint8_t ping_queued;        /* a ping waits in down.ctl */
     uint8_t failing;            /* wsguard is ending the session */
     uint8_t closing;            /* the close handshakes have begun */
+    uint8_t pmd;                /* permessage-deflate agreed */
+    struct pmd_inflater zin;    /* client -> backend */
+    struct pmd_deflater zout;   /* backend -> client */
     unsigned ev;                /* RELAY_* gathered for the caller */
 
     /* For the access log: how the session ended. */

@@ -17,11 +17,19 @@ const char *const enforce_label[ENF_COUNT] = {
     [ENF_WRITE_STALL] = "write_timeout",
     [ENF_EXPIRY] = "token_expiry",
     [ENF_REVOKED] = "revoked",
+    [ENF_INFLATE_SIZE] = "inflate_size",
+    [ENF_INFLATE_RATIO] = "inflate_ratio",
+    [ENF_INFLATE_INVALID] = "inflate_invalid",
 };
 
 const char *const direction_label[DIR_COUNT] = {
     [DIR_IN] = "in",
     [DIR_OUT] = "out",
+};
+
+const char *const form_label[FORM_COUNT] = {
+    [FORM_COMPRESSED] = "compressed",
+    [FORM_UNCOMPRESSED] = "uncompressed",
 };
 
 const int close_codes[CLOSE_CODE_COUNT - 1] = {

@@ -29,6 +29,10 @@ enum enforce {
     ENF_WRITE_STALL,            /* write_timeout */
     ENF_EXPIRY,                 /* token expired: 1008 */
     ENF_REVOKED,                /* revoked (sub, jti, address): 1008 */
+    ENF_INFLATE_SIZE,           /* a compressed message inflated beyond
+                                   max_payload: 1009 */
+    ENF_INFLATE_RATIO,          /* beyond max_inflate_ratio: 1009 */
+    ENF_INFLATE_INVALID,        /* not a valid DEFLATE stream: 1007 */
     ENF_COUNT
 };
 
@@ -43,6 +47,16 @@ enum direction {
 };
 
 extern const char *const direction_label[DIR_COUNT];
+
+/* permessage-deflate: payload bytes by form (in: as the client sent them
+ * and as inflated; out: as the backend sent them and as compressed). */
+enum deflate_form {
+    FORM_COMPRESSED = 0,
+    FORM_UNCOMPRESSED,
+    FORM_COUNT
+};
+
+extern const char *const form_label[FORM_COUNT];
 
 /* How a session ended: close codes counted one by one, and who closed. */
 #define CLOSE_CODE_COUNT 13     /* the codes of close_codes[], then
@@ -92,6 +106,9 @@ struct stats {
     stat_t enforced[ENF_COUNT];
     stat_t bytes[DIR_COUNT];    /* relayed, as read from the source */
     stat_t messages[DIR_COUNT]; /* complete data messages relayed */
+    stat_t deflate_sessions;    /* sessions with permessage-deflate */
+    stat_t deflate_bytes[DIR_COUNT][FORM_COUNT];  /* payload of the
+                                   messages it transformed */
     stat_t closes[CLOSE_CODE_COUNT][BY_COUNT];
     struct histo handshake;     /* accept to the client's 101 */
     struct histo be_connect;    /* backend connect started to connected */

@@ -600,7 +600,7 @@ upgrade_check_response(const struct http_response *resp,
 
 int
 upgrade_client_response(char *out, size_t cap, const char *client_key,
-                        const char *proto, size_t proto_len)
+                        const char *proto, size_t proto_len, const char *ext)
 {
     struct writer w = { out, 0, cap, 0 };
     char acc[29];
@@ -623,6 +623,8 @@ upgrade_client_response(char *out, size_t cap, const char *client_key,
         }
         put_header(&w, "Sec-WebSocket-Protocol", 22, proto, proto_len);
     }
+    if (ext != NULL)
+        put_header_str(&w, "Sec-WebSocket-Extensions", ext);
     put(&w, "\r\n", 2);
     return writer_result(&w);
 }

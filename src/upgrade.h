@@ -118,11 +118,14 @@ int upgrade_check_response(const struct http_response *resp,
                            const char **proto, size_t *proto_len,
                            const char **reason);
 
-/* Write the 101 for the client into out[0..cap); returns the length, -1
- * if it does not fit or the subprotocol is not a token, or UPGRADE_NOMEM
- * when the accept value could not be computed. */
+/* Write the 101 for the client into out[0..cap), with
+ * Sec-WebSocket-Extensions: ext when ext is not NULL (pmd_negotiate()'s
+ * answer); returns the length, -1 if it does not fit or the subprotocol
+ * is not a token, or UPGRADE_NOMEM when the accept value could not be
+ * computed. */
 int upgrade_client_response(char *out, size_t cap, const char *client_key,
-                            const char *proto, size_t proto_len);
+                            const char *proto, size_t proto_len,
+                            const char *ext);
 
 /* A result of the functions below: OpenSSL could not allocate. */
 #define UPGRADE_NOMEM (-2)

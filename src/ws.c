@@ -93,9 +93,13 @@ ws_check_header(struct ws_msg *m, const struct ws_header *h,
 {
     uint64_t base;
 
-    /* RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them;
-     * wsguard strips Sec-WebSocket-Extensions, so none is ever agreed. */
-    if (h->rsv != 0)
+    /* RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them.
+     * The only one wsguard agrees to is permessage-deflate, on the client
+     * leg: RFC 7692 §6.1, RSV1 on a message's first frame marks it
+     * compressed; on a control frame or a continuation it is an error. */
+    if (h->rsv != 0 &&
+        (h->rsv != 4 || !m->rsv1_ok || (h->opcode & 0x8) ||
+         h->opcode == WS_OP_CONT))
         return WS_CLOSE_PROTOCOL;
     /* RFC 6455 §5.2: reserved opcodes fail the connection. */
     if (!ws_opcode_known(h->opcode))
@@ -125,6 +129,11 @@ ws_check_header(struct ws_msg *m, const struct ws_header *h,
         base = 0;               /* a new message, whatever m still holds */
     }
 
+    /* The wire size of a compressed message gets a little slack (its
+     * inflated size is checked while inflating). */
+    int compressed = h->opcode == WS_OP_CONT ? m->compressed : h->rsv != 0;
+    if (compressed && max_payload != 0 && max_payload < UINT64_MAX / 2)
+        max_payload += WS_COMPRESSED_SLACK(max_payload);
     /* Written so neither side can overflow: h->len < 2^63 and base is at
      * most max_payload when a limit is set. */
     if (max_payload != 0 &&
@@ -139,6 +148,7 @@ ws_check_header(struct ws_msg *m, const struct ws_header *h,
         m->opcode = h->opcode;
         m->utf8 = UTF8_ACCEPT;
         m->len = h->len;
+        m->compressed = (uint8_t)compressed;
     }
     m->in_msg = !h->fin;
     return 0;
@@ -153,7 +163,9 @@ ws_msg_end(struct ws_msg *m)
      * invalid even though every fragment so far was a valid prefix. */
     if (m->opcode == WS_OP_TEXT && m->utf8 != UTF8_ACCEPT)
         rc = WS_CLOSE_INVALID_DATA;
+    uint8_t rsv1_ok = m->rsv1_ok;
     memset(m, 0, sizeof *m);
+    m->rsv1_ok = rsv1_ok;
     return rc;
 }
 

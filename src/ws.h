@@ -67,7 +67,19 @@ struct ws_msg {
     uint8_t opcode;             /* WS_OP_TEXT or WS_OP_BINARY of in_msg */
     uint32_t utf8;              /* utf8_validate() state of a text message */
     uint64_t len;               /* payload bytes of the message so far */
+    uint8_t rsv1_ok;            /* permessage-deflate agreed for this
+                                   direction (RFC 7692): RSV1 allowed on a
+                                   message's first frame; kept by
+                                   ws_msg_end() */
+    uint8_t compressed;         /* the message had RSV1 on its first
+                                   frame */
 };
+
+/* A compressed message may be a little longer on the wire than
+ * max_payload allows inflated (stored blocks, block headers): its wire
+ * size is limited to this much more (the inflated size is the inflater's
+ * business, pmd.h). */
+#define WS_COMPRESSED_SLACK(max) ((max) / 256 + 64)
 
 /*
  * Parse the header at p[0..n). Returns hdr_len (2..14) and fills *h, or
@@ -80,10 +92,13 @@ int ws_parse_header(const uint8_t *p, size_t n, struct ws_header *h);
 /*
  * Check h, a header received in one direction: client frames must be
  * masked (expect_masked = 1), server frames must not (0). Rules: no RSV
- * bits (no extension is ever negotiated), known opcodes, control frames
+ * bits, except RSV1 on the first frame of a data message when m->rsv1_ok
+ * (permessage-deflate: the message is compressed, m->compressed is set;
+ * RSV1 on a control or continuation frame is 1002), known opcodes, control frames
  * final and <= 125 bytes, continuation only inside a message, no new data
  * frame inside one. max_payload (0 = unlimited) bounds the whole message:
- * m->len + h->len > max_payload fails with 1009 at once.
+ * m->len + h->len > max_payload fails with 1009 at once (for a compressed
+ * message, max_payload + WS_COMPRESSED_SLACK(max_payload)).
  * On success updates m for data frames (opens/extends the message; the
  * caller clears it after the final frame's payload, see ws_msg_end) and
  * returns 0; otherwise returns the close code and leaves m unchanged.
@@ -93,7 +108,7 @@ int ws_check_header(struct ws_msg *m, const struct ws_header *h,
 
 /* Called after the payload of a final data frame (fin = 1) was seen in
  * full: returns 1007 if the text message is not complete UTF-8, else 0;
- * resets m for the next message either way. */
+ * resets m for the next message either way (rsv1_ok stays). */
 int ws_msg_end(struct ws_msg *m);
 
 /*

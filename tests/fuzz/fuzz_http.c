@@ -259,7 +259,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(u.path_len > 0 && u.path[0] == '/');
             CHECK(upgrade_accept(u.key, UPGRADE_KEY_LEN, acc) == 0);
             CHECK(strlen(acc) == UPGRADE_ACCEPT_LEN);
-            n = upgrade_client_response(out, sizeof out, u.key, NULL, 0);
+            n = upgrade_client_response(out, sizeof out, u.key, NULL, 0, NULL);
             CHECK(n > 0);
         }
         check_backend_request(&req, len, flags, 64 + (size_t)data[1] * 4);

@@ -33,11 +33,29 @@
  *     codes unless the stream toward that side was cut mid-frame;
  *   - the buffer invariant (BUF_CHECK, compiled in with WSGUARD_CHECKS)
  *     and the relay always finding room once its output is drained.
+ *
+ * permessage-deflate mode (byte 0 >= 0xF0; the agreed parameters from
+ * byte 1): the client sends compressed messages, made by the harness with
+ * zlib from input bytes or taken as arbitrary compressed bytes, in
+ * arbitrary frame sizes, mixed with raw client bytes; the backend sends
+ * raw bytes and whole binary frames (compressed toward the client). See
+ * pmd_run() for the ops. Properties:
+ *   - toward the backend: frames parse cleanly with the model (masked,
+ *     no RSV bit), and no message is larger than max_payload: never more
+ *     than the limit inflated reaches it;
+ *   - when every compressed message was the harness's own (valid), the
+ *     backend receives exactly their plain bytes and nobody fails;
+ *   - toward the client: the frames parse (RSV1 only on a message's first
+ *     frame), and the messages, inflated with zlib under the agreed
+ *     context takeover, are a prefix of the backend's data;
+ *   - memory: wsguard's zlib state never exceeds pmd_memory_bound().
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <zlib.h>
 
 #include "relay.h"
 
@@ -64,6 +82,8 @@ struct bytes {
 static void
 bytes_add(struct bytes *b, const uint8_t *p, size_t n)
 {
+    if (n == 0)
+        return;
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n)
@@ -333,6 +353,274 @@ check_verdict(struct harness *h)
               && h->out[0].last_close_code == m->code);
 }
 
+/* ------------------------------------------------------------------ */
+/* permessage-deflate mode                                             */
+
+struct pmd_h {
+    struct pmd_params prm;
+    z_stream comp;              /* the client's deflater */
+    z_stream dec;               /* the client's inflater (of wsguard's) */
+    struct bytes expect;        /* plain bytes of the valid messages */
+    struct bytes plain_out;     /* inflated from what reached the client */
+    struct bytes cmsg;          /* compressed message being gathered */
+    int all_valid;              /* only the harness's own messages */
+    /* the parser of the stream toward the client */
+    struct bytes cstream;
+    size_t cpos;
+    int c_in_msg, c_compressed;
+};
+
+static void
+client_frame(struct harness *h, int op, int fin, int rsv1, const uint8_t *p,
+             size_t n)
+{
+    uint8_t hdr[WS_MAX_HEADER], key[4] = { 0xa5, 0x17, 0x3c, 0x81 };
+    size_t hl = ws_write_header(hdr, fin, op, key, n);
+    uint8_t *f = malloc(hl + n + 1);
+
+    CHECK(f != NULL);
+    if (rsv1)
+        hdr[0] |= 0x40;
+    memcpy(f, hdr, hl);
+    memcpy(f + hl, p, n);
+    ws_mask(f + hl, n, key, 0);
+    feed(h, 0, f, hl + n, 0);
+    free(f);
+}
+
+/* Parse what went toward the client: whole frames only; compressed
+ * messages inflated with the client's stream. */
+static void
+pmd_check_client(struct harness *h, struct pmd_h *z)
+{
+    struct bytes *b = &z->cstream;
+
+    while (z->cpos < b->n) {
+        struct ws_header hd;
+        int n = ws_parse_header(b->p + z->cpos, b->n - z->cpos, &hd);
+        if (n == WS_INCOMPLETE)
+            return;
+        CHECK(n > 0 && !hd.masked);
+        if (z->cpos + (size_t)n + hd.len > b->n)
+            return;
+        const uint8_t *pl = b->p + z->cpos + n;
+        z->cpos += (size_t)n + (size_t)hd.len;
+        if (hd.opcode & 0x8) {
+            CHECK(hd.rsv == 0);
+            continue;
+        }
+        if (hd.opcode != WS_OP_CONT) {
+            CHECK(!z->c_in_msg);
+            CHECK(hd.rsv == 0 || hd.rsv == 4);
+            z->c_compressed = hd.rsv == 4;
+            z->cmsg.n = 0;
+        } else {
+            CHECK(z->c_in_msg && hd.rsv == 0);
+        }
+        z->c_in_msg = !hd.fin;
+        if (!z->c_compressed) {
+            bytes_add(&z->plain_out, pl, (size_t)hd.len);
+            continue;
+        }
+        bytes_add(&z->cmsg, pl, (size_t)hd.len);
+        if (!hd.fin)
+            continue;
+        static const uint8_t tail[4] = { 0, 0, 0xff, 0xff };
+        bytes_add(&z->cmsg, tail, 4);
+        uint8_t out[4096];
+        z->dec.next_in = z->cmsg.p;
+        z->dec.avail_in = (uInt)z->cmsg.n;
+        do {
+            z->dec.next_out = out;
+            z->dec.avail_out = sizeof out;
+            int rc = inflate(&z->dec, Z_SYNC_FLUSH);
+            if (rc != Z_OK && rc != Z_BUF_ERROR)
+                FAIL("toward the client: inflate %d", rc);
+            bytes_add(&z->plain_out, out, sizeof out - z->dec.avail_out);
+        } while (z->dec.avail_in > 0 || z->dec.avail_out == 0);
+        z->cmsg.n = 0;
+        if (z->prm.server_no_context_takeover)
+            CHECK(inflateReset(&z->dec) == Z_OK);
+    }
+}
+
+static void
+pmd_drain_all(struct harness *h, struct pmd_h *z)
+{
+    drain(h, 0);
+    drain(h, 1);
+    CHECK(pmd_inflater_memory(&h->r.zin) + pmd_deflater_memory(&h->r.zout)
+          <= pmd_memory_bound(&z->prm));
+    /* toward the backend: the model checks it (no RSV, max_payload) */
+    if (h->out[0].rx.code != 0)
+        FAIL("toward the backend: the model fails it with %d",
+             h->out[0].rx.code);
+    /* toward the client: parsed and inflated here */
+    z->cstream.n = 0;
+    bytes_add(&z->cstream, h->out[1].stream.p ? h->out[1].stream.p
+                                              : (const uint8_t *)"",
+              h->out[1].stream.n);
+    z->cpos = 0;
+    z->c_in_msg = 0;
+    z->plain_out.n = 0;
+    CHECK(inflateReset(&z->dec) == Z_OK);   /* the whole stream again */
+    pmd_check_client(h, z);
+    if (!is_prefix(&z->plain_out, &h->in[1].data))
+        FAIL("toward the client: inflated data is not a prefix of the "
+             "backend's");
+}
+
+/*
+ * Ops, one byte o, kind o & 7:
+ *   0: (o >> 3) + 1 raw bytes from the client (any frames, RSV1 or not);
+ *   1: (o >> 3) + 1 raw bytes from the backend;
+ *   2: a client frame of arbitrary "compressed" bytes: the next byte is
+ *      its length L, then L bytes; o bit 3: first frame of a message
+ *      (RSV1, text when bit 5) or a continuation, bit 4: fin;
+ *   3: a valid compressed binary message from the client: the next byte
+ *      is its plain length L, then L bytes, deflated with the client's
+ *      stream and sent in frames of (o >> 3) + 1 bytes;
+ *   4: time passes ((o >> 3) * 100 ms), relay_tick();
+ *   5: the client answers wsguard's ping;
+ *   6, 7: a binary frame from the backend of 4 * the next byte bytes
+ *      (the byte after it repeated, then the op byte's count), fin.
+ */
+static void
+pmd_run(struct harness *h, const uint8_t *p, const uint8_t *end,
+        uint8_t b1)
+{
+    struct pmd_h *z = calloc(1, sizeof *z);
+
+    CHECK(z != NULL);
+    z->prm.server_max_window_bits = (uint8_t)(8 + (b1 & 7));
+    z->prm.client_max_window_bits = (uint8_t)(8 + ((b1 >> 3) & 7));
+    z->prm.server_no_context_takeover = (b1 >> 6) & 1;
+    z->prm.client_no_context_takeover = (b1 >> 7) & 1;
+    z->all_valid = 1;
+    CHECK(deflateInit2(&z->comp, 6, Z_DEFLATED,
+                       -(z->prm.client_max_window_bits < 9
+                             ? 9 : z->prm.client_max_window_bits),
+                       8, Z_DEFAULT_STRATEGY) == Z_OK);
+    CHECK(inflateInit2(&z->dec, -15) == Z_OK);
+    h->pol.deflate = 1;
+    h->pol.deflate_level = b1 % 10;
+    h->pol.deflate_min_size = b1 & 1 ? 0 : 100;
+    h->pol.max_inflate_ratio = 200;
+    struct relay_setup s = {
+        .cfg = &h->cfg, .pol = &h->pol, .cli = &h->cli, .be = &h->be,
+        .bufs = &h->bufs, .rnd = &h->rnd, .st = &h->st, .name = "fuzz",
+        .started = h->now, .expiry = 0, .pmd = &z->prm,
+    };
+    relay_init(&h->r, &s);
+    (void)relay_start(&h->r, h->now, NULL, 0, NULL, 0);
+
+    while (p < end) {
+        uint8_t o = *p++;
+        size_t n, l;
+
+        switch (o & 7) {
+        case 0:
+        case 1:
+            n = (size_t)(o >> 3) + 1;
+            if (n > (size_t)(end - p))
+                n = (size_t)(end - p);
+            if ((o & 7) == 0)
+                z->all_valid = 0;
+            feed(h, o & 1, p, n, o & 1);
+            p += n;
+            break;
+        case 2:
+            if (p == end)
+                break;
+            l = *p++;
+            if (l > (size_t)(end - p))
+                l = (size_t)(end - p);
+            z->all_valid = 0;
+            client_frame(h, (o & 8) ? ((o & 32) ? WS_OP_TEXT : WS_OP_BINARY)
+                                    : WS_OP_CONT,
+                         (o >> 4) & 1, (o >> 3) & 1, p, l);
+            p += l;
+            break;
+        case 3: {
+            if (p == end)
+                break;
+            l = *p++;
+            if (l > (size_t)(end - p))
+                l = (size_t)(end - p);
+            uint8_t c[1024];
+            z->comp.next_in = (Bytef *)(uintptr_t)p;
+            z->comp.avail_in = (uInt)l;
+            z->comp.next_out = c;
+            z->comp.avail_out = sizeof c;
+            /* Nothing to flush (an empty message after a flush) is
+             * Z_BUF_ERROR: its payload is empty (RFC 7692 §7.2.3.6). */
+            int rc = deflate(&z->comp, Z_SYNC_FLUSH);
+            CHECK(rc == Z_OK || (rc == Z_BUF_ERROR && l == 0));
+            CHECK(z->comp.avail_in == 0);
+            size_t cl = sizeof c - z->comp.avail_out;
+            cl = rc == Z_OK ? cl - 4 : 0;
+            if (z->prm.client_no_context_takeover)
+                CHECK(deflateReset(&z->comp) == Z_OK);
+            if (h->pol.max_payload && l > h->pol.max_payload)
+                z->all_valid = 0;
+            if (z->all_valid)
+                bytes_add(&z->expect, p, l);
+            size_t step = (size_t)(o >> 3) + 1, off = 0;
+            do {
+                size_t k = cl - off < step ? cl - off : step;
+                client_frame(h, off == 0 ? WS_OP_BINARY : WS_OP_CONT,
+                             off + k == cl, off == 0, c + off, k);
+                off += k;
+            } while (off < cl);
+            p += l;
+            break;
+        }
+        case 4:
+            h->now += (o >> 3) * 0.1;
+            relay_tick(&h->r, h->now);
+            break;
+        case 5:
+            /* only where the client's stream is at a frame boundary,
+             * which raw bytes may have left it not */
+            if (z->all_valid)
+                pong(h);
+            break;
+        default: {
+            if (end - p < 2)
+                break;
+            l = (size_t)p[0] * 4 + (o >> 3);
+            uint8_t *f = malloc(l + WS_MAX_HEADER);
+            CHECK(f != NULL);
+            size_t hl = ws_write_header(f, 1, WS_OP_BINARY, NULL, l);
+            memset(f + hl, p[1], l);
+            for (size_t i = 0; i < l; i += 7)
+                f[hl + i] = (uint8_t)(i ^ p[1]);
+            feed(h, 1, f, hl + l, 1);
+            free(f);
+            p += 2;
+            break;
+        }
+        }
+        pmd_drain_all(h, z);
+    }
+    pmd_drain_all(h, z);
+    if (z->all_valid && h->in[1].rx.code == 0 && !h->in[1].rx.closed) {
+        CHECK(h->r.close_code == 0);
+        CHECK(h->out[0].data.n == z->expect.n);
+        CHECK(z->expect.n == 0 ||
+              memcmp(h->out[0].data.p, z->expect.p, z->expect.n) == 0);
+    }
+    relay_release(&h->r);
+    CHECK(h->r.zin.z == NULL && h->r.zout.z == NULL);
+    deflateEnd(&z->comp);
+    inflateEnd(&z->dec);
+    free(z->expect.p);
+    free(z->plain_out.p);
+    free(z->cmsg.p);
+    free(z->cstream.p);
+    free(z);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -360,6 +648,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     watch_init(&h->in[1], 0, h->pol.max_payload_backend);
     watch_init(&h->out[0], 1, UINT64_MAX);
     watch_init(&h->out[1], 0, UINT64_MAX);
+    if (data[0] >= 0xF0) {
+        /* permessage-deflate: the backend's model limits what it gets */
+        watch_init(&h->out[0], 1, h->pol.max_payload);
+        pmd_run(h, data + 2, data + size, data[1]);
+        bufpool_clear(&h->bufs);
+        for (int i = 0; i < 2; i++) {
+            watch_free(&h->in[i]);
+            watch_free(&h->out[i]);
+        }
+        return 0;
+    }
 
     struct relay_setup s = {
         .cfg = &h->cfg, .pol = &h->pol, .cli = &h->cli, .be = &h->be,

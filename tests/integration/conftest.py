@@ -325,6 +325,22 @@ def backend(backend_factory):
     return backend_factory()
 
 
+@pytest.fixture
+def raw_backend_factory():
+    """RawBackend (limitstools.py): a raw recording/echo backend."""
+    from limitstools import RawBackend
+    made = []
+
+    def factory(mode="echo", **kw):
+        b = RawBackend(mode, **kw)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        b.stop()
+
+
 # --------------------------------------------------------------------------
 # wsguard
 

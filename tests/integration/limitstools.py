@@ -130,6 +130,7 @@ class _Conn:
         if masked:
             payload = _unmask(payload, bytes(self.buf[hl - 4:hl]))
         del self.buf[:hl + n]
+        self.last_rsv = (b0 >> 4) & 7
         return bool(b0 & 0x80), b0 & 0x0F, masked, payload
 
     def run(self):
@@ -145,6 +146,7 @@ class _Conn:
             while True:
                 fin, op, masked, payload = self.read_frame()
                 rec = dict(event="frame", conn=self.num, opcode=op, fin=fin,
+                           rsv=self.last_rsv,
                            masked=masked, len=len(payload),
                            sha256=hashlib.sha256(payload).hexdigest())
                 if op == OP_CLOSE:

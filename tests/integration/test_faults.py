@@ -157,22 +157,22 @@ class Rig:
         return "/%s/%d" % (tag, self.seq)
 
     async def session(self, path, msgs=None, window=4, open_timeout=10,
-                      timeout=30, gate=None):
+                      timeout=30, gate=None, **kw):
         """One client session: the messages (default: two small ones)
         with up to `window` in flight, every echo compared with what was
         sent, then a normal close. Returns an Outcome (recorded by path)."""
         if msgs is None:
             msgs = [b"\x00ping-%d" % self.seq, "pong \u00e9 %d" % self.seq]
         o = await self._session(path, msgs, window, open_timeout, timeout,
-                                gate)
+                                gate, **kw)
         self.outcomes[path] = o
         return o
 
     async def _session(self, path, msgs, window, open_timeout, timeout,
-                       gate=None):
+                       gate=None, **kw):
         try:
             ws = await connect(self.wsg, path, open_timeout=open_timeout,
-                               close_timeout=10, ping_interval=None)
+                               close_timeout=10, ping_interval=None, **kw)
         except wse.InvalidStatusCode as e:
             return Outcome(HTTP, e.status_code)
         except asyncio.TimeoutError:
@@ -573,6 +573,29 @@ def test_enomem_relay_buffer_closes_1011(rig):
     assert len(rec) == 1 and rec[0]["close_code"] == 1011 and \
         rec[0]["reason"] == "out of memory" and \
         rec[0]["closed_by"] == "wsguard", rec
+
+
+@pytest.mark.skipif(ASAN, reason=ASAN_SKIP)
+def test_enomem_inflater_closes_1011(rig):
+    """No memory for zlib's inflate state (permessage-deflate, allocated
+    at the first compressed message: 7,160 bytes + the 16-byte count
+    header of pmd.c's allocator): the session ends with 1011 "out of
+    memory" to both sides, and the next compressed session works."""
+    r = rig()
+    r.fc.arm(F.MALLOC, where=F.WORKERS, arg=7176, arg2=7176, budget=1)
+    p = r.path("zlib")
+    o = run(r.session(p, [b"x" * 1000], compression="deflate"))
+    inj = r.fc.injected(F.MALLOC)
+    r.fc.disarm_all()
+    assert inj == 1, "no inflate state allocation was failed"
+    assert o.kind == CLOSED and o.code == 1011 and \
+        o.reason == "out of memory", o
+    code = wait_until(lambda: backend_closes_by_path(r.be).get(p), 10)
+    assert code == 1011, "the backend's close code: %r" % code
+    p2 = r.path("zlib-after")
+    o2 = run(r.session(p2, [b"y" * 1000, "z" * 3000], compression="deflate"))
+    assert o2.kind == OK, o2
+    r.finish()
 
 
 def cpu_seconds(pid):

@@ -28,20 +28,6 @@ KiB = 1024
 MiB = 1 << 20
 
 
-@pytest.fixture
-def raw_backend_factory():
-    made = []
-
-    def factory(mode="echo", **kw):
-        b = RawBackend(mode, **kw)
-        made.append(b)
-        return b
-
-    yield factory
-    for b in made:
-        b.stop()
-
-
 def raw_client(wsg, path="/"):
     return rawws.connect(wsg.host, wsg.port, wsg.client_ssl, path=path)
 

@@ -206,13 +206,24 @@ def test_forwarded_headers(backend, wsguard):
     assert h["Sec-WebSocket-Version"] == "13"
 
 
-def test_compression_offer_is_declined(backend, wsguard):
+@pytest.mark.parametrize("deflate", ["on", "off"])
+def test_compression_offer(backend, wsguard_factory, deflate):
+    """permessage-deflate is agreed with the client (deflate = on, the
+    default) or declined (off); either way the backend is offered no
+    extension and receives the plain message (test_deflate.py has the
+    rest)."""
+    wsg = wsguard_factory(backend.url, LIMITS_DEFLATE=deflate)
+
     async def go():
-        async with connect(wsguard, compression="deflate") as ws:
+        async with connect(wsg, compression="deflate") as ws:
             assert "permessage-deflate" in ws.request_headers.get(
                 "Sec-WebSocket-Extensions", "")
-            assert ws.extensions == []
-            assert "Sec-WebSocket-Extensions" not in ws.response_headers
+            if deflate == "off":
+                assert ws.extensions == []
+                assert "Sec-WebSocket-Extensions" not in ws.response_headers
+            else:
+                assert [e.name for e in ws.extensions] == [
+                    "permessage-deflate"]
             msg = "compressible " * 1000
             await ws.send(msg)
             assert await asyncio.wait_for(ws.recv(), 5) == msg

@@ -851,7 +851,7 @@ test_client_response(void **state)
 
     (void)state;
     n = upgrade_client_response(out, sizeof out, "dGhlIHNhbXBsZSBub25jZQ==",
-                                "chat", 4);
+                                "chat", 4, NULL);
     assert_true(n > 0);
     assert_int_equal(parse_resp(out, (size_t)n), n);
     assert_int_equal(resp.status, 101);
@@ -877,21 +877,33 @@ test_client_response(void **state)
     }
 
     n = upgrade_client_response(out, sizeof out, "dGhlIHNhbXBsZSBub25jZQ==",
-                                NULL, 0);
+                                NULL, 0, NULL);
     assert_int_equal(parse_resp(out, (size_t)n), n);
     assert_null(http_find(resp.headers, resp.nheaders,
                           "Sec-WebSocket-Protocol", NULL));
+    assert_null(http_find(resp.headers, resp.nheaders,
+                          "Sec-WebSocket-Extensions", NULL));
     for (int cap = 0; cap < n; cap++)
         assert_int_equal(upgrade_client_response(out, (size_t)cap,
                                                  "dGhlIHNhbXBsZSBub25jZQ==",
-                                                 NULL, 0), -1);
+                                                 NULL, 0, NULL), -1);
     /* a subprotocol that is not a token is refused */
     assert_int_equal(upgrade_client_response(out, sizeof out,
                                              "dGhlIHNhbXBsZSBub25jZQ==",
-                                             "a\r\nX: y", 8), -1);
+                                             "a\r\nX: y", 8, NULL), -1);
     assert_int_equal(upgrade_client_response(out, sizeof out,
                                              "dGhlIHNhbXBsZSBub25jZQ==",
-                                             "a, b", 4), -1);
+                                             "a, b", 4, NULL), -1);
+    /* permessage-deflate's answer (pmd_negotiate) */
+    n = upgrade_client_response(out, sizeof out, "dGhlIHNhbXBsZSBub25jZQ==",
+                                NULL, 0, "permessage-deflate; "
+                                "server_max_window_bits=12");
+    assert_int_equal(parse_resp(out, (size_t)n), n);
+    h = http_find(resp.headers, resp.nheaders, "Sec-WebSocket-Extensions",
+                  &count);
+    assert_int_equal(count, 1);
+    assert_true(http_eq(h->value, h->value_len, "permessage-deflate; "
+                        "server_max_window_bits=12"));
 }
 
 /* ---- refusals */

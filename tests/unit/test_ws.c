@@ -235,6 +235,35 @@ test_check_rsv(void **state)
     }
 }
 
+/* permessage-deflate agreed (rsv1_ok): RSV1 only on a data message's
+ * first frame; the wire limit of a compressed message has its slack. */
+static void
+test_check_rsv1_deflate(void **state)
+{
+    struct ws_msg m = { .rsv1_ok = 1 };
+    (void)state;
+    check_hdr(&m, hdr(1, 4, WS_OP_PING, 1, 0), 1, 0, 1002);
+    check_hdr(&m, hdr(1, 4, WS_OP_CLOSE, 1, 0), 1, 0, 1002);
+    check_hdr(&m, hdr(1, 2, WS_OP_TEXT, 1, 0), 1, 0, 1002);
+    check_hdr(&m, hdr(1, 6, WS_OP_TEXT, 1, 0), 1, 0, 1002);
+    check_hdr(&m, hdr(0, 4, WS_OP_TEXT, 1, 10), 1, 0, 0);
+    assert_int_equal(m.compressed, 1);
+    assert_int_equal(m.in_msg, 1);
+    check_hdr(&m, hdr(0, 4, WS_OP_CONT, 1, 10), 1, 0, 1002);
+    check_hdr(&m, hdr(1, 0, WS_OP_CONT, 1, 10), 1, 0, 0);
+    assert_int_equal(ws_msg_end(&m), 0);
+    assert_int_equal(m.rsv1_ok, 1);             /* kept */
+    assert_int_equal(m.compressed, 0);
+    /* 1000 allowed: a compressed message may take 1000 + 1000/256 + 64 */
+    check_hdr(&m, hdr(1, 4, WS_OP_BINARY, 1, 1067), 1, 1000, 0);
+    (void)ws_msg_end(&m);
+    check_hdr(&m, hdr(1, 4, WS_OP_BINARY, 1, 1068), 1, 1000, 1009);
+    check_hdr(&m, hdr(1, 0, WS_OP_BINARY, 1, 1001), 1, 1000, 1009);
+    /* without rsv1_ok nothing changes */
+    m.rsv1_ok = 0;
+    check_hdr(&m, hdr(1, 4, WS_OP_TEXT, 1, 0), 1, 0, 1002);
+}
+
 static void
 test_check_opcodes(void **state)
 {
@@ -251,7 +280,7 @@ test_check_opcodes(void **state)
         memset(&m, 0, sizeof m);
         if (!known)
             check_hdr(&m, hdr(1, 0, op, 1, 1000), 1, 10, 1002);
-        struct ws_msg open = { 1, WS_OP_TEXT, UTF8_ACCEPT, 3 };
+        struct ws_msg open = { 1, WS_OP_TEXT, UTF8_ACCEPT, 3, 0, 0 };
         if (!known)
             check_hdr(&open, hdr(1, 0, op, 1, 0), 1, 0, 1002);
     }
@@ -291,7 +320,7 @@ test_check_control(void **state)
         assert_int_equal(m.len, 0);
     }
     /* Between fragments (RFC 6455 §5.4) and without touching m. */
-    struct ws_msg open = { 1, WS_OP_TEXT, 42, 17 };
+    struct ws_msg open = { 1, WS_OP_TEXT, 42, 17, 0, 0 };
     struct ws_msg copy = open;
     check_hdr(&open, hdr(1, 0, WS_OP_PING, 0, 5), 0, 20, 0);
     check_hdr(&open, hdr(1, 0, WS_OP_CLOSE, 0, 2), 0, 20, 0);
@@ -401,9 +430,9 @@ test_check_max_payload(void **state)
     ws_msg_end(&m);
 
     /* overflow attempts: m->len + h->len wraps past 2^64 */
-    m = (struct ws_msg){ 1, WS_OP_BINARY, 0, 50 };
+    m = (struct ws_msg){ 1, WS_OP_BINARY, 0, 50, 0, 0 };
     check_hdr(&m, hdr(0, 0, WS_OP_CONT, 0, INT64_MAX), 0, 100, 1009);
-    m = (struct ws_msg){ 1, WS_OP_BINARY, 0, UINT64_MAX - 5 };
+    m = (struct ws_msg){ 1, WS_OP_BINARY, 0, UINT64_MAX - 5, 0, 0 };
     check_hdr(&m, hdr(0, 0, WS_OP_CONT, 0, 10), 0, UINT64_MAX - 1,
                  1009);
     check_hdr(&m, hdr(0, 0, WS_OP_CONT, 0, 4), 0, UINT64_MAX - 1, 0);
@@ -423,7 +452,7 @@ test_check_max_payload(void **state)
     ws_msg_end(&m);
 
     /* an opening frame does not count what a stale m still holds */
-    m = (struct ws_msg){ 0, WS_OP_TEXT, 0, 90 };
+    m = (struct ws_msg){ .opcode = WS_OP_TEXT, .len = 90 };
     check_hdr(&m, hdr(1, 0, WS_OP_TEXT, 0, 50), 0, 100, 0);
     assert_int_equal(m.len, 50);
 }
@@ -435,7 +464,7 @@ test_check_order(void **state)
     struct ws_msg m = { 0 };
     (void)state;
     check_hdr(&m, hdr(1, 0, WS_OP_CONT, 0, 1000), 0, 10, 1002);
-    m = (struct ws_msg){ 1, WS_OP_TEXT, 0, 0 };
+    m = (struct ws_msg){ .in_msg = 1, .opcode = WS_OP_TEXT };
     check_hdr(&m, hdr(1, 0, WS_OP_BINARY, 0, 1000), 0, 10, 1002);
     check_hdr(&m, hdr(0, 0, WS_OP_PING, 0, 1000), 0, 10, 1002);
 }
@@ -729,6 +758,7 @@ main(void)
         cmocka_unit_test(test_write_parse_roundtrip),
         cmocka_unit_test(test_write_header_bytes),
         cmocka_unit_test(test_check_rsv),
+        cmocka_unit_test(test_check_rsv1_deflate),
         cmocka_unit_test(test_check_opcodes),
         cmocka_unit_test(test_check_mask_direction),
         cmocka_unit_test(test_check_control),
