@@ -147,6 +147,10 @@ bench-cluster: deps all
 	@$(MAKE) --no-print-directory -C bench
 	@bench/cluster.sh
 
+bench-deflate: deps all
+	@$(MAKE) --no-print-directory -C bench
+	@bench/deflate.sh
+
 clean:
 	rm -rf build build-asan
 

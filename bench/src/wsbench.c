@@ -20,6 +20,17 @@
  * With --pid PID[,PID..] it reads utime+stime from /proc/PID/stat at the
  * edges of the measurement window and VmRSS from /proc/PID/status, so
  * every figure is also given per second of the proxy's own CPU time.
+ * --backend-pid P does the same for the backend, with the bytes it read
+ * and wrote (/proc/P/io; the backend's plain TCP leg).
+ *
+ * --json: text messages of JSON (an array of records with repeated keys,
+ * varied numbers and names), 256 different ones of exactly S bytes each.
+ * --deflate: offers permessage-deflate (RFC 7692; "permessage-deflate;
+ * client_max_window_bits"), compresses every message it sends (RSV1, the
+ * agreed client window and context takeover, zlib level --deflate-level)
+ * and inflates compressed echoes before checking them. Throughput mode
+ * counts the bytes of data frames (header + payload) each way and the
+ * TCP payload bytes (TLS records) of the client's sockets, per message.
  *
  * Output: one line of key=value pairs on stdout.
  */
@@ -30,7 +41,7 @@
 
 #include <fcntl.h>
 #include <getopt.h>
-#include <netinet/tcp.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_* */
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -41,6 +52,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define RBUF (256 * 1024)
 #define PAT_SPREAD 1024
@@ -71,7 +83,13 @@ struct conn {
     /* sequencing */
     uint64_t sent_seq, recv_seq;
     uint64_t *ts;
+    /* permessage-deflate, when the server agreed to it */
+    int pmd, f_comp;
+    int c_bits, c_nct, s_nct;
+    z_stream *zd, *zi;
 };
+
+#define JSON_N 256          /* different JSON messages (--json) */
 
 /* ---- options ---- */
 static enum mode mode = M_THROUGHPUT;
@@ -91,6 +109,8 @@ static int binary;
 static int parallel = 256;
 static pid_t pids[8];
 static int npids;
+static pid_t bpid;          /* --backend-pid */
+static int json_mode, pmd_offer, pmd_level = Z_DEFAULT_COMPRESSION;
 
 /* ---- state ---- */
 static int ep;
@@ -112,6 +132,12 @@ static char cipher_name[64] = "none";
 static SSL_SESSION **slot_sess;
 static uint32_t next_id;
 static const char *last_err = "";
+/* permessage-deflate and wire counters (throughput, while measuring):
+ * data frame bytes (header + payload) sent and received */
+static uint64_t wire_tx, wire_rx, plain_rx;
+static int pmd_conns;
+static uint8_t *zbuf;
+static size_t zcap;
 
 static inline uint64_t
 rng(void)
@@ -193,6 +219,40 @@ proc_cpu(void)
             tot += (double)(ut + stt) / (double)hz;
     }
     return tot;
+}
+
+static double
+pid_cpu(pid_t pid)
+{
+    pid_t save[8];
+    int n = npids;
+    memcpy(save, pids, sizeof save);
+    pids[0] = pid;
+    npids = 1;
+    double v = proc_cpu();
+    memcpy(pids, save, sizeof save);
+    npids = n;
+    return v;
+}
+
+/* rchar + wchar of a process (bytes through read()/write()). */
+static uint64_t
+pid_io(pid_t pid, uint64_t *rd, uint64_t *wr)
+{
+    char fn[64], line[128];
+    snprintf(fn, sizeof fn, "/proc/%d/io", (int)pid);
+    *rd = *wr = 0;
+    FILE *f = fopen(fn, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "rchar:", 6) == 0)
+            *rd = strtoull(line + 6, NULL, 10);
+        else if (strncmp(line, "wchar:", 6) == 0)
+            *wr = strtoull(line + 6, NULL, 10);
+    }
+    fclose(f);
+    return *rd + *wr;
 }
 
 static long
@@ -302,6 +362,17 @@ conn_close(struct conn *c, int failed)
     c->head = NULL;
     c->head_len = 0;
     obuf_free(&c->out);
+    if (c->zd) {
+        deflateEnd(c->zd);
+        free(c->zd);
+        c->zd = NULL;
+    }
+    if (c->zi) {
+        inflateEnd(c->zi);
+        free(c->zi);
+        c->zi = NULL;
+    }
+    c->pmd = 0;
     if (c->st == S_OPEN || c->st == S_CLOSE_SENT)
         n_open--;
     if (failed) {
@@ -328,7 +399,7 @@ build_request(struct conn *c)
                      "GET %s%s%s HTTP/1.1\r\nHost: %s\r\n"
                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-                     "%s%s%s%s%s%s\r\n",
+                     "%s%s%s%s%s%s%s\r\n",
                      path,
                      tok && strcmp(token_in, "query") == 0 ? "?access_token=" : "",
                      tok && strcmp(token_in, "query") == 0 ? tok : "",
@@ -336,7 +407,9 @@ build_request(struct conn *c)
                      origin ? origin : "", origin ? "\r\n" : "",
                      tok && strcmp(token_in, "header") == 0 ? "Authorization: Bearer " : "",
                      tok && strcmp(token_in, "header") == 0 ? tok : "",
-                     tok && strcmp(token_in, "header") == 0 ? "\r\n" : "");
+                     tok && strcmp(token_in, "header") == 0 ? "\r\n" : "",
+                     pmd_offer ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                 "client_max_window_bits\r\n" : "");
     obuf_put(&c->out, req, (size_t)n);
     c->st = S_REQ;
     c->t_stage = tnow_s;
@@ -345,25 +418,82 @@ build_request(struct conn *c)
 static size_t
 pat_off(const struct conn *c, uint64_t seq)
 {
+    if (json_mode) /* stride 31 is prime to JSON_N: a whole cycle differs */
+        return (size_t)((c->id * 7919u + seq * 31u) % JSON_N) * msize;
     return (size_t)((c->id * 7919u + seq * 31u) % PAT_SPREAD);
 }
 
-static void
-send_frame(struct conn *c, int op, const uint8_t *payload, uint64_t len)
+/* Queues a frame; returns its length on the wire. rsv1: compressed. */
+static size_t
+send_frame_x(struct conn *c, int op, int rsv1, const uint8_t *payload,
+             uint64_t len)
 {
     uint8_t m[4];
     uint32_t r = (uint32_t)rng();
     memcpy(m, &r, 4);
     uint8_t *d = obuf_reserve(&c->out, 14 + len);
     size_t h = ws_put_header(d, 1, op, len, m);
+    if (rsv1)
+        d[0] |= 0x40;
     ws_mask_copy(d + h, payload, (size_t)len, m, 0);
     c->out.len += h + len;
+    return h + (size_t)len;
+}
+
+static void
+send_frame(struct conn *c, int op, const uint8_t *payload, uint64_t len)
+{
+    send_frame_x(c, op, 0, payload, len);
+}
+
+/* Compress a whole message (RFC 7692 §7.2.1: sync flush, the final
+ * 00 00 ff ff removed) into zbuf; returns the payload length. */
+static size_t
+pmd_compress(struct conn *c, const uint8_t *src, size_t len)
+{
+    z_stream *z = c->zd;
+    size_t need = deflateBound(z, len) + 64;
+    if (zcap < need) {
+        free(zbuf);
+        zcap = need;
+        zbuf = xmalloc(zcap);
+    }
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)len;
+    size_t out = 0;
+    for (;;) {
+        z->next_out = zbuf + out;
+        z->avail_out = (uInt)(zcap - out);
+        int r = deflate(z, Z_SYNC_FLUSH);
+        out = zcap - z->avail_out;
+        if (r != Z_OK && r != Z_BUF_ERROR) {
+            errors++;
+            last_err = "deflate";
+            break;
+        }
+        if (z->avail_out > 0)
+            break;
+        zcap *= 2;
+        zbuf = xrealloc(zbuf, zcap);
+    }
+    if (out >= 4 && !memcmp(zbuf + out - 4, "\0\0\xff\xff", 4))
+        out -= 4;
+    if (c->c_nct)
+        deflateReset(z);
+    return out;
 }
 
 static void
 send_msg(struct conn *c)
 {
-    send_frame(c, binary ? 2 : 1, pat + pat_off(c, c->sent_seq), msize);
+    const uint8_t *m = pat + pat_off(c, c->sent_seq);
+    size_t w;
+    if (c->pmd)
+        w = send_frame_x(c, binary ? 2 : 1, 1, zbuf, pmd_compress(c, m, msize));
+    else
+        w = send_frame_x(c, binary ? 2 : 1, 0, m, msize);
+    if (measuring)
+        wire_tx += w;
     c->ts[c->sent_seq % (uint64_t)depth] = tnow;
     c->sent_seq++;
     sent_total++;
@@ -420,6 +550,61 @@ msg_done(struct conn *c)
         send_msg(c);
 }
 
+/* Echoed (plain) bytes of the current message: compare to what was sent. */
+static void
+check_bytes(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (c->msgpos + n > msize ||
+        memcmp(p, pat + pat_off(c, c->recv_seq) + c->msgpos, n) != 0)
+        errors++;
+    c->msgpos += n;
+}
+
+/* Inflate compressed payload bytes and check what they give. */
+static void
+pmd_inflate_check(struct conn *c, const uint8_t *p, size_t n)
+{
+    static uint8_t ob[65536];
+    z_stream *z = c->zi;
+    z->next_in = (Bytef *)p;
+    z->avail_in = (uInt)n;
+    for (;;) {
+        z->next_out = ob;
+        z->avail_out = sizeof ob;
+        int r = inflate(z, Z_SYNC_FLUSH);
+        size_t got = sizeof ob - z->avail_out;
+        if (got)
+            check_bytes(c, ob, got);
+        if (r != Z_OK && r != Z_BUF_ERROR && r != Z_STREAM_END) {
+            errors++;
+            last_err = "inflate";
+            inflateReset(z);
+            return;
+        }
+        if (z->avail_out > 0 && (z->avail_in == 0 || r == Z_STREAM_END))
+            return;
+    }
+}
+
+/* The last frame of a message has been taken in. */
+static void
+msg_end(struct conn *c)
+{
+    if (c->f_comp) {
+        static const uint8_t tail[4] = { 0, 0, 0xff, 0xff };
+        pmd_inflate_check(c, tail, 4);
+        if (c->s_nct)
+            inflateReset(c->zi);
+        c->f_comp = 0;
+    }
+    if (c->msgpos != msize)
+        errors++;
+    if (measuring)
+        plain_rx += c->msgpos;
+    c->in_msg = 0;
+    msg_done(c);
+}
+
 /* Frames from the server. Returns -1 on a protocol error, 1 when the
  * connection is finished (close handshake complete). */
 static int
@@ -428,19 +613,15 @@ ws_input(struct conn *c, const uint8_t *p, size_t n)
     while (n > 0) {
         if (c->remaining > 0) {
             size_t take = n < c->remaining ? n : (size_t)c->remaining;
-            if (c->msgpos + take > msize ||
-                memcmp(p, pat + pat_off(c, c->recv_seq) + c->msgpos, take) != 0)
-                errors++;
-            c->msgpos += take;
+            if (c->f_comp)
+                pmd_inflate_check(c, p, take);
+            else
+                check_bytes(c, p, take);
             p += take;
             n -= take;
             c->remaining -= take;
-            if (c->remaining == 0 && c->f_fin) {
-                if (c->msgpos != msize)
-                    errors++;
-                c->in_msg = 0;
-                msg_done(c);
-            }
+            if (c->remaining == 0 && c->f_fin)
+                msg_end(c);
             continue;
         }
         const uint8_t *h = p;
@@ -466,7 +647,10 @@ ws_input(struct conn *c, const uint8_t *p, size_t n)
             }
             return 0;
         }
-        if (fh.masked || fh.rsv)
+        if (fh.masked)
+            return -1;
+        /* RSV1: the first frame of a compressed data message */
+        if (fh.rsv && !(c->pmd && fh.rsv == 4 && (fh.opcode == 1 || fh.opcode == 2)))
             return -1;
         size_t used;
         if (fh.opcode & 8) {
@@ -495,24 +679,124 @@ ws_input(struct conn *c, const uint8_t *p, size_t n)
                     return -1;
                 c->in_msg = 1;
                 c->msgpos = 0;
+                c->f_comp = fh.rsv == 4;
                 if (fh.opcode != (binary ? 2 : 1))
                     errors++;
             } else {
                 return -1;
             }
+            if (measuring)
+                wire_rx += hl + fh.len;
             c->remaining = fh.len;
             c->f_fin = fh.fin;
-            if (fh.len == 0 && fh.fin) {
-                if (c->msgpos != msize)
-                    errors++;
-                c->in_msg = 0;
-                msg_done(c);
-            }
+            if (fh.len == 0 && fh.fin)
+                msg_end(c);
         }
         p += used;
         n -= used;
     }
     return 0;
+}
+
+/* The server's Sec-WebSocket-Extensions answer to our offer: sets up the
+ * compressor (client_max_window_bits, client_no_context_takeover) and the
+ * inflater (window 2^15: enough for any server_max_window_bits). No
+ * answer: the session goes uncompressed. Returns -1 on an answer we did
+ * not offer. */
+static int
+pmd_accept(struct conn *c, const char *head)
+{
+    const char *v = strcasestr(head, "\r\nSec-WebSocket-Extensions:");
+    if (!v)
+        return 0;
+    v += 28;
+    const char *e = strstr(v, "\r\n");
+    char val[256];
+    size_t vl = (size_t)(e - v) < sizeof val - 1 ? (size_t)(e - v) : sizeof val - 1;
+    memcpy(val, v, vl);
+    val[vl] = 0;
+    c->c_bits = 15;
+    c->c_nct = c->s_nct = 0;
+    char *save = NULL;
+    int first = 1;
+    for (char *t = strtok_r(val, ";", &save); t; t = strtok_r(NULL, ";", &save)) {
+        while (*t == ' ' || *t == '\t')
+            t++;
+        size_t tl = strlen(t);
+        while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
+            t[--tl] = 0;
+        if (first) {
+            if (strcmp(t, "permessage-deflate")) {
+                last_err = "unexpected extension";
+                return -1;
+            }
+            first = 0;
+        } else if (!strcmp(t, "client_no_context_takeover")) {
+            c->c_nct = 1;
+        } else if (!strcmp(t, "server_no_context_takeover")) {
+            c->s_nct = 1;
+        } else if (!strncmp(t, "client_max_window_bits=", 23)) {
+            c->c_bits = atoi(t + 23);
+        } else if (strncmp(t, "server_max_window_bits=", 23)) {
+            last_err = "unexpected extension parameter";
+            return -1;
+        }
+    }
+    if (c->c_bits < 8 || c->c_bits > 15) {
+        last_err = "bad client_max_window_bits";
+        return -1;
+    }
+    c->zd = calloc(1, sizeof *c->zd);
+    c->zi = calloc(1, sizeof *c->zi);
+    /* zlib's raw deflate has no 2^8 window: 9 would break the agreement */
+    if (!c->zd || !c->zi || c->c_bits < 9 ||
+        deflateInit2(c->zd, pmd_level, Z_DEFLATED, -c->c_bits, 8,
+                     Z_DEFAULT_STRATEGY) != Z_OK ||
+        inflateInit2(c->zi, -15) != Z_OK) {
+        last_err = "zlib init";
+        return -1;
+    }
+    c->pmd = 1;
+    pmd_conns++;
+    return 0;
+}
+
+/* Readings at the edges of the throughput measurement. */
+struct snap {
+    double bcpu;            /* backend CPU seconds */
+    uint64_t brd, bwr;      /* backend bytes read, written */
+    uint64_t ttx, trx;      /* client sockets: TCP payload sent (acked),
+                               received */
+};
+
+static void tcp_bytes(struct conn *cs, int n, uint64_t *tx, uint64_t *rx);
+
+static void
+snap(struct snap *s, struct conn *cs, int n)
+{
+    if (bpid) {
+        s->bcpu = pid_cpu(bpid);
+        pid_io(bpid, &s->brd, &s->bwr);
+    }
+    tcp_bytes(cs, n, &s->ttx, &s->trx);
+}
+
+/* TCP payload bytes of the open connections (TLS records and all). */
+static void
+tcp_bytes(struct conn *cs, int n, uint64_t *tx, uint64_t *rx)
+{
+    *tx = *rx = 0;
+    for (int i = 0; i < n; i++) {
+        if (cs[i].fd < 0 || cs[i].st == S_FREE)
+            continue;
+        struct tcp_info ti;
+        socklen_t l = sizeof ti;
+        memset(&ti, 0, sizeof ti);
+        if (getsockopt(cs[i].fd, IPPROTO_TCP, TCP_INFO, &ti, &l) == 0) {
+            *tx += ti.tcpi_bytes_acked;
+            *rx += ti.tcpi_bytes_received;
+        }
+    }
 }
 
 static int
@@ -544,6 +828,8 @@ http_input(struct conn *c, const uint8_t *p, size_t n)
         last_err = "bad Sec-WebSocket-Accept";
         return -1;
     }
+    if (pmd_offer && pmd_accept(c, c->head) < 0)
+        return -1;
     size_t hlen = (size_t)(end - c->head) + 4;
     size_t extra = c->head_len - hlen;
     char *h = c->head;
@@ -780,6 +1066,66 @@ on_sig(int s)
     got_sig = 1;
 }
 
+/* Message k of --json: exactly len bytes of JSON (a status update with
+ * an array of records: the same keys in every record, numbers, names and
+ * timestamps that vary), padded with spaces before the closing "]}". */
+static uint64_t
+json_rng(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void
+json_message(char *out, size_t len, int k)
+{
+    static const char *const names[] = { "pump", "valve", "sensor", "meter",
+        "relay", "gateway", "boiler", "chiller", "fan", "compressor" };
+    static const char *const sites[] = { "north", "south", "east", "west",
+        "depot", "plant-2", "annex" };
+    static const char *const status[] = { "ok", "ok", "ok", "warning",
+        "degraded", "offline" };
+    static const char *const units[] = { "C", "kPa", "rpm", "kWh", "l/min" };
+    uint64_t seed = 0x2545F4914F6CDD1Dull * (uint64_t)(k + 1);
+    unsigned long long ts = 1717000000000ull + json_rng(&seed) % 86400000ull;
+    unsigned src = (unsigned)(json_rng(&seed) % 32);
+    size_t o = (size_t)snprintf(out, len,
+        "{\"type\":\"telemetry\",\"seq\":%d,\"ts\":%llu,\"source\":"
+        "\"collector-%02u\",\"items\":[", k, ts, src);
+    char rec[512];
+    for (int i = 0;; i++) {
+        uint64_t t = 1717000000ull + json_rng(&seed) % 86400ull;
+        unsigned long long id = 100000 + json_rng(&seed) % 900000;
+        const char *nm = names[json_rng(&seed) % 10];
+        unsigned num = (unsigned)(json_rng(&seed) % 1000);
+        const char *site = sites[json_rng(&seed) % 7];
+        const char *st = status[json_rng(&seed) % 6];
+        double val = (double)(json_rng(&seed) % 1000000) / 1000.0;
+        const char *unit = units[json_rng(&seed) % 5];
+        unsigned thr = (unsigned)(json_rng(&seed) % 500);
+        const char *act = json_rng(&seed) & 1 ? "true" : "false";
+        unsigned ms = (unsigned)(json_rng(&seed) % 1000);
+        int rl = snprintf(rec, sizeof rec,
+            "%s{\"id\":%llu,\"name\":\"%s-%03u\",\"site\":\"%s\","
+            "\"status\":\"%s\",\"value\":%.3f,\"unit\":\"%s\","
+            "\"threshold\":%u,\"active\":%s,\"updated\":"
+            "\"2024-05-%02uT%02u:%02u:%02u.%03uZ\"}",
+            i ? "," : "", id, nm, num, site, st, val, unit, thr, act,
+            (unsigned)(t / 86400 % 28 + 1), (unsigned)(t / 3600 % 24),
+            (unsigned)(t / 60 % 60), (unsigned)(t % 60), ms);
+        if (o + (size_t)rl + 2 > len)
+            break;
+        memcpy(out + o, rec, (size_t)rl);
+        o += (size_t)rl;
+    }
+    while (o < len - 2)
+        out[o++] = ' ';
+    out[len - 2] = ']';
+    out[len - 1] = '}';
+}
+
 static void
 usage(void)
 {
@@ -805,7 +1151,11 @@ usage(void)
 "      --resume           TLS session resumption (handshake mode)\n"
 "      --hold SEC         idle: hold the sessions this long (10)\n"
 "      --parallel K       idle: at most K handshakes at once (256)\n"
-"      --pid P[,P..]      proxy process(es): CPU and RSS from /proc\n");
+"      --pid P[,P..]      proxy process(es): CPU and RSS from /proc\n"
+"      --backend-pid P    backend process: CPU and bytes read+written\n"
+"      --json             text messages of JSON-like records (256 different)\n"
+"      --deflate          offer permessage-deflate and use it when agreed\n"
+"      --deflate-level L  zlib level of the client's compressor (-1: 6)\n");
     exit(2);
 }
 
@@ -824,6 +1174,8 @@ main(int argc, char **argv)
         { "host", 1, 0, 7 },       { "src", 1, 0, 'B' },
         { "resume", 0, 0, 8 },     { "hold", 1, 0, 9 },
         { "parallel", 1, 0, 10 },  { "pid", 1, 0, 11 },
+        { "backend-pid", 1, 0, 12 }, { "json", 0, 0, 13 },
+        { "deflate", 0, 0, 14 },   { "deflate-level", 1, 0, 15 },
         { "help", 0, 0, 'h' },     { 0, 0, 0, 0 }
     };
     int o;
@@ -871,9 +1223,15 @@ main(int argc, char **argv)
             free(s);
             break;
         }
+        case 12: bpid = (pid_t)atoi(optarg); break;
+        case 13: json_mode = 1; break;
+        case 14: pmd_offer = 1; break;
+        case 15: pmd_level = atoi(optarg); break;
         default: usage();
         }
     }
+    if (json_mode && (binary || msize < 256))
+        usage();
     if (parse_hostport(target_s, &target) < 0 || nconns < 1 || depth < 1)
         usage();
     if (strcmp(token_in, "query") && strcmp(token_in, "header"))
@@ -894,10 +1252,16 @@ main(int argc, char **argv)
     RAND_bytes((unsigned char *)&rng_state, sizeof rng_state);
     rng_state |= 1;
 
-    /* printable ASCII pattern: valid UTF-8 for text frames */
-    pat = xmalloc(msize + PAT_SPREAD);
-    for (uint64_t i = 0; i < msize + PAT_SPREAD; i++)
-        pat[i] = (uint8_t)(0x20 + rng() % 95);
+    if (json_mode) {
+        pat = xmalloc(JSON_N * msize);
+        for (int i = 0; i < JSON_N; i++)
+            json_message((char *)pat + (size_t)i * msize, (size_t)msize, i);
+    } else {
+        /* printable ASCII pattern: valid UTF-8 for text frames */
+        pat = xmalloc(msize + PAT_SPREAD);
+        for (uint64_t i = 0; i < msize + PAT_SPREAD; i++)
+            pat[i] = (uint8_t)(0x20 + rng() % 95);
+    }
 
     if (use_tls) {
         sctx = SSL_CTX_new(TLS_client_method());
@@ -930,6 +1294,7 @@ main(int argc, char **argv)
     double cpu_start = proc_cpu();
     double cpu0 = 0, cpu1 = 0, lg0 = 0, lg1 = 0, t_ready = 0, cpu_ready = 0;
     double rss1 = 0, t_setup = 0;
+    struct snap sn0 = { 0 }, sn1 = { 0 };
     int started = 0; /* conns started so far (idle / initial) */
     int phase = 0;   /* 0 = opening, 1 = warm-up/run, 2 = measuring, 3 = draining, 4 = closing */
     double t_phase = t0, t_run0 = 0;
@@ -990,6 +1355,7 @@ main(int argc, char **argv)
                         t_meas0 = t;
                         cpu0 = proc_cpu();
                         lg0 = self_cpu();
+                        snap(&sn0, cs, ncs);
                     }
                 }
             } else if (phase == 1 && t - t_phase >= warmup) {
@@ -998,6 +1364,7 @@ main(int argc, char **argv)
                 t_meas0 = t;
                 cpu0 = proc_cpu();
                 lg0 = self_cpu();
+                snap(&sn0, cs, ncs);
             } else if (phase == 2 &&
                        ((!nmessages && t - t_meas0 >= duration) ||
                         (nmessages && recv_total >= nmessages) || n_open == 0)) {
@@ -1005,6 +1372,7 @@ main(int argc, char **argv)
                 t_meas1 = t;
                 cpu1 = proc_cpu();
                 lg1 = self_cpu();
+                snap(&sn1, cs, ncs);
                 sending = 0;
                 phase = 3;
                 t_phase = t;
@@ -1102,17 +1470,37 @@ main(int argc, char **argv)
              (lg1 - lg0) / wall, rss_end);
     if (mode == M_THROUGHPUT) {
         double ms = (double)cnt_msgs / wall;
+        double nm = cnt_msgs ? (double)cnt_msgs : 1;
         double mbs = (double)cnt_bytes / wall / 1e6;
+        /* per echoed message: CPU in us, bytes each way */
+        char extra[768];
+        int xl = snprintf(extra, sizeof extra,
+               "pmd_conns=%d json=%d wire_c2s_per_msg=%.1f "
+               "wire_s2c_per_msg=%.1f plain_per_msg=%.1f "
+               "tcp_c2s_per_msg=%.1f tcp_s2c_per_msg=%.1f "
+               "proxy_cpu_us_per_msg=%.2f lg_cpu_us_per_msg=%.2f ",
+               pmd_conns, json_mode, (double)wire_tx / nm,
+               (double)wire_rx / nm, (double)plain_rx / nm,
+               (double)(sn1.ttx - sn0.ttx) / nm, (double)(sn1.trx - sn0.trx) / nm,
+               pcpu / nm * 1e6, (lg1 - lg0) / nm * 1e6);
+        if (bpid)
+            snprintf(extra + xl, sizeof extra - (size_t)xl,
+                   "backend_cpu_s=%.3f backend_cpu_us_per_msg=%.2f "
+                   "backend_rx_per_msg=%.1f backend_tx_per_msg=%.1f ",
+                   sn1.bcpu - sn0.bcpu, (sn1.bcpu - sn0.bcpu) / nm * 1e6,
+                   (double)(sn1.brd - sn0.brd) / nm,
+                   (double)(sn1.bwr - sn0.bwr) / nm);
         printf("mode=throughput conns=%d open=%d depth=%d size=%llu "
                "msgs=%llu msg_s=%.0f mb_s=%.2f p50_us=%.1f p99_us=%.1f "
                "p999_us=%.1f max_us=%.1f msg_per_cpu_s=%.0f "
-               "mb_per_cpu_s=%.2f setup_s=%.2f %s\n",
+               "mb_per_cpu_s=%.2f setup_s=%.2f %s%s\n",
                ncs, open_at_end, depth, (unsigned long long)msize,
                (unsigned long long)cnt_msgs, ms, mbs, hist_pct(0.50) / 1e3,
                hist_pct(0.99) / 1e3, hist_pct(0.999) / 1e3,
                (double)hist_max / 1e3,
                pcpu > 0 ? (double)cnt_msgs / pcpu : 0,
-               pcpu > 0 ? (double)cnt_bytes / pcpu / 1e6 : 0, t_setup, common);
+               pcpu > 0 ? (double)cnt_bytes / pcpu / 1e6 : 0, t_setup, extra,
+               common);
     } else if (mode == M_HANDSHAKE) {
         printf("mode=handshake conc=%d resume=%d hs=%llu hs_s=%.0f "
                "resumed=%llu hs_per_cpu_s=%.0f origin=%d token=%d %s\n",

@@ -1,7 +1,8 @@
 /*
  * wsecho - a fast plain ws:// echo server for the benchmark.
  *
- *   wsecho [-l HOST:PORT] [-q]
+ *   wsecho [-l HOST:PORT] [-q] [--deflate [--deflate-level L]
+ *          [--deflate-bits B]]
  *
  * One thread, epoll (level-triggered), non-blocking sockets. Answers any
  * GET with an Upgrade: websocket (101 + Sec-WebSocket-Accept), then echoes
@@ -10,6 +11,17 @@
  * cost no memory), answers ping with pong, echoes a close frame and closes
  * the TCP connection. Per idle connection it holds only a small struct.
  * SIGTERM/SIGINT: exit 0.
+ *
+ * --deflate: a compressing backend. It accepts the first
+ * permessage-deflate offer (RFC 7692) and answers it as Python's
+ * websockets does by default: server_max_window_bits=B and, when the
+ * offer has the parameter, client_max_window_bits=B (B = --deflate-bits,
+ * 12; lower when the client asks for less), the *_no_context_takeover
+ * parameters the client offered, context takeover otherwise. On such a
+ * session every message is collected whole, inflated when it is
+ * compressed (RSV1), and echoed compressed at zlib level --deflate-level
+ * (1, wsguard's default) in one frame. Sessions without the offer are
+ * echoed as above.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -17,12 +29,14 @@
 #include "common.h"
 
 #include <fcntl.h>
+#include <getopt.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define RBUF (256 * 1024)
 #define OUT_HIGH (4u << 20)   /* stop reading above this much unsent */
@@ -44,12 +58,20 @@ struct conn {
     uint8_t mask[4];
     unsigned mph;
     struct obuf out;
+    /* permessage-deflate (--deflate, when the client offered it) */
+    int pmd, m_op, m_comp, f_fin;
+    int s_bits, s_nct, c_nct;
+    struct obuf msg;    /* the message being received, unmasked */
+    z_stream *zd, *zi;
 };
 
 static int ep;
 static volatile sig_atomic_t stop;
 static uint8_t rbuf[RBUF];
 static int quiet;
+static int pmd_on, pmd_level = 1, pmd_bits = 12;
+static struct obuf plain;   /* an inflated message */
+static struct obuf zout;    /* a compressed echo */
 
 static void
 on_sig(int s)
@@ -75,6 +97,15 @@ conn_free(struct conn *c)
     close(c->fd);
     free(c->head);
     obuf_free(&c->out);
+    obuf_free(&c->msg);
+    if (c->zd) {
+        deflateEnd(c->zd);
+        free(c->zd);
+    }
+    if (c->zi) {
+        inflateEnd(c->zi);
+        free(c->zi);
+    }
     free(c);
 }
 
@@ -101,19 +132,84 @@ flush_out(struct conn *c)
     return 0;
 }
 
+/* A whole message of a compressed session is in c->msg: inflate it if it
+ * came compressed, echo it compressed (RFC 7692 §7.2.1: sync flush, the
+ * final 00 00 ff ff removed). Returns -1 on invalid data. */
+static int
+pmd_echo(struct conn *c)
+{
+    const uint8_t *m = c->msg.b + c->msg.off;
+    size_t mlen = obuf_pending(&c->msg);
+    if (c->m_comp) {
+        static const uint8_t tail[4] = { 0, 0, 0xff, 0xff };
+        plain.off = plain.len = 0;
+        z_stream *z = c->zi;
+        for (int part = 0; part < 2; part++) {
+            z->next_in = (Bytef *)(part ? tail : m);
+            z->avail_in = (uInt)(part ? 4 : mlen);
+            for (;;) {
+                size_t room = 65536;
+                z->next_out = obuf_reserve(&plain, room);
+                z->avail_out = (uInt)room;
+                int r = inflate(z, Z_SYNC_FLUSH);
+                plain.len += room - z->avail_out;
+                if (r != Z_OK && r != Z_BUF_ERROR && r != Z_STREAM_END)
+                    return -1;
+                if (z->avail_out > 0)
+                    break;
+            }
+        }
+        if (c->c_nct)
+            inflateReset(z);
+        m = plain.b + plain.off;
+        mlen = obuf_pending(&plain);
+    }
+    z_stream *z = c->zd;
+    size_t room = deflateBound(z, mlen) + 64;
+    zout.off = zout.len = 0;
+    z->next_in = (Bytef *)m;
+    z->avail_in = (uInt)mlen;
+    for (;;) {
+        z->next_out = obuf_reserve(&zout, room);
+        z->avail_out = (uInt)room;
+        int r = deflate(z, Z_SYNC_FLUSH);
+        zout.len += room - z->avail_out;
+        if (r != Z_OK && r != Z_BUF_ERROR)
+            return -1;
+        if (z->avail_out > 0)
+            break;
+    }
+    if (c->s_nct)
+        deflateReset(z);
+    size_t got = zout.len;
+    if (got >= 4 && !memcmp(zout.b + got - 4, "\0\0\xff\xff", 4))
+        got -= 4;
+    uint8_t hh[14];
+    size_t k = ws_put_header(hh, 1, c->m_op, got, NULL);
+    hh[0] |= 0x40;
+    obuf_put(&c->out, hh, k);
+    obuf_put(&c->out, zout.b, got);
+    c->msg.off = c->msg.len = 0;
+    return 0;
+}
+
 /* Process bytes of frames; returns -1 to drop the connection. */
 static int
 ws_input(struct conn *c, const uint8_t *p, size_t n)
 {
     while (n > 0) {
         if (c->remaining > 0) {
+            /* compressed session: collect the message; else stream it */
+            struct obuf *o = c->pmd ? &c->msg : &c->out;
             size_t take = n < c->remaining ? n : (size_t)c->remaining;
-            uint8_t *d = obuf_reserve(&c->out, take);
+            uint8_t *d = obuf_reserve(o, take);
             c->mph = ws_mask_copy(d, p, take, c->mask, c->mph);
-            c->out.len += take;
+            o->len += take;
             p += take;
             n -= take;
             c->remaining -= take;
+            if (c->pmd && c->remaining == 0 && c->f_fin && pmd_echo(c) < 0)
+                return -1;
             continue;
         }
         /* need a header (and the whole payload of a control frame) */
@@ -165,6 +261,22 @@ ws_input(struct conn *c, const uint8_t *p, size_t n)
                 c->st = ST_CLOSING;
                 return 0;
             } /* pong: ignore */
+        } else if (c->pmd) {
+            used = hl - c->part_len;
+            c->part_len = 0;
+            if (fh.rsv & 3 || (fh.rsv && fh.opcode == 0))
+                return -1;
+            if (fh.opcode != 0) {
+                c->m_op = fh.opcode;
+                c->m_comp = fh.rsv == 4;
+                c->msg.off = c->msg.len = 0;
+            }
+            c->f_fin = fh.fin;
+            c->remaining = fh.len;
+            memcpy(c->mask, fh.mask, 4);
+            c->mph = 0;
+            if (fh.len == 0 && fh.fin && pmd_echo(c) < 0)
+                return -1;
         } else {
             used = hl - c->part_len;
             c->part_len = 0;
@@ -203,6 +315,84 @@ find_header(const char *head, const char *name, size_t *vlen)
     return NULL;
 }
 
+/* The first permessage-deflate offer in the request head: sets up c's
+ * streams and writes the answer's value into ans (empty: none). */
+static void
+pmd_offer(struct conn *c, const char *head, char *ans, size_t cap)
+{
+    ans[0] = 0;
+    size_t vlen;
+    const char *v = find_header(head, "Sec-WebSocket-Extensions", &vlen);
+    if (!v || vlen >= 512)
+        return;
+    char val[512];
+    memcpy(val, v, vlen);
+    val[vlen] = 0;
+    char *save = NULL;
+    for (char *off = strtok_r(val, ",", &save); off;
+         off = strtok_r(NULL, ",", &save)) {
+        int sbits = pmd_bits, cbits = 15, c_offered = 0, snct = 0, cnct = 0;
+        int ok = 1, first = 1;
+        char *s2 = NULL;
+        for (char *t = strtok_r(off, ";", &s2); t; t = strtok_r(NULL, ";", &s2)) {
+            while (*t == ' ' || *t == '\t')
+                t++;
+            size_t tl = strlen(t);
+            while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
+                t[--tl] = 0;
+            if (first) {
+                ok = !strcmp(t, "permessage-deflate");
+                first = 0;
+            } else if (!strcmp(t, "server_no_context_takeover")) {
+                snct = 1;
+            } else if (!strcmp(t, "client_no_context_takeover")) {
+                cnct = 1;
+            } else if (!strcmp(t, "client_max_window_bits")) {
+                c_offered = 1;
+            } else if (!strncmp(t, "client_max_window_bits=", 23)) {
+                c_offered = 1;
+                cbits = atoi(t + 23);
+            } else if (!strncmp(t, "server_max_window_bits=", 23)) {
+                int b = atoi(t + 23);
+                if (b < sbits)
+                    sbits = b;
+            } else {
+                ok = 0;
+            }
+            if (!ok)
+                break;
+        }
+        /* zlib's raw deflate has no 2^8 window */
+        if (!ok || sbits < 9 || sbits > 15 || cbits < 8 || cbits > 15)
+            continue;
+        if (c_offered && cbits > pmd_bits)
+            cbits = pmd_bits;
+        c->zd = calloc(1, sizeof *c->zd);
+        c->zi = calloc(1, sizeof *c->zi);
+        if (!c->zd || !c->zi ||
+            deflateInit2(c->zd, pmd_level, Z_DEFLATED, -sbits, 8,
+                         Z_DEFAULT_STRATEGY) != Z_OK ||
+            inflateInit2(c->zi, -15) != Z_OK) {
+            fprintf(stderr, "wsecho: zlib init failed\n");
+            exit(1);
+        }
+        c->pmd = 1;
+        c->s_bits = sbits;
+        c->s_nct = snct;
+        c->c_nct = cnct;
+        size_t o = (size_t)snprintf(ans, cap,
+            "permessage-deflate; server_max_window_bits=%d", sbits);
+        if (c_offered)
+            o += (size_t)snprintf(ans + o, cap - o,
+                                  "; client_max_window_bits=%d", cbits);
+        if (snct)
+            o += (size_t)snprintf(ans + o, cap - o, "; server_no_context_takeover");
+        if (cnct)
+            snprintf(ans + o, cap - o, "; client_no_context_takeover");
+        return;
+    }
+}
+
 static int
 http_input(struct conn *c, const uint8_t *p, size_t n)
 {
@@ -229,11 +419,16 @@ http_input(struct conn *c, const uint8_t *p, size_t n)
     }
     char acc[32];
     ws_accept_key(key, klen, acc);
-    char resp[256];
+    char ext[256] = "";
+    if (pmd_on)
+        pmd_offer(c, c->head, ext, sizeof ext);
+    char resp[512];
     int rl = snprintf(resp, sizeof resp,
                       "HTTP/1.1 101 Switching Protocols\r\n"
                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Accept: %s\r\n\r\n", acc);
+                      "Sec-WebSocket-Accept: %s\r\n%s%s%s\r\n", acc,
+                      ext[0] ? "Sec-WebSocket-Extensions: " : "", ext,
+                      ext[0] ? "\r\n" : "");
     obuf_put(&c->out, resp, (size_t)rl);
     c->st = ST_WS;
     /* bytes after the head (already in c->head, and the rest of p) */
@@ -306,15 +501,27 @@ int
 main(int argc, char **argv)
 {
     const char *listen_on = "127.0.0.1:9001";
+    static const struct option lo[] = {
+        { "deflate", 0, 0, 1 }, { "deflate-level", 1, 0, 2 },
+        { "deflate-bits", 1, 0, 3 }, { 0, 0, 0, 0 }
+    };
     int opt;
-    while ((opt = getopt(argc, argv, "l:qh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "l:qh", lo, NULL)) != -1) {
         switch (opt) {
         case 'l': listen_on = optarg; break;
         case 'q': quiet = 1; break;
+        case 1: pmd_on = 1; break;
+        case 2: pmd_level = atoi(optarg); break;
+        case 3: pmd_bits = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: wsecho [-l HOST:PORT] [-q]\n");
+            fprintf(stderr, "usage: wsecho [-l HOST:PORT] [-q] [--deflate "
+                    "[--deflate-level L] [--deflate-bits 9-15]]\n");
             return 2;
         }
+    }
+    if (pmd_bits < 9 || pmd_bits > 15 || pmd_level < -1 || pmd_level > 9) {
+        fprintf(stderr, "wsecho: --deflate-bits 9-15, --deflate-level -1-9\n");
+        return 2;
     }
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
