@@ -24,8 +24,8 @@
 #   haproxy-deflate  HAProxy, the same
 #   nginx-plain, haproxy-plain   the same proxies, no offer, plain wsecho
 # wsecho --deflate answers as Python's websockets does by default
-# (windows 2^12 both ways, context takeover) and compresses at level 1:
-# the same work as wsguard's defaults. The client compresses at zlib's
+# (windows 2^12 both ways, context takeover, memLevel 5) and compresses at
+# level 1: the same zlib settings as wsguard's defaults. The client compresses at zlib's
 # default level (6, as Chromium) with the window the server agreed.
 #
 # Per message (wsbench): proxy CPU (utime+stime of the proxy process, or
@@ -223,7 +223,7 @@ def med(rs, k):
 cols = ["msg_s", "proxy_cpu_us_per_msg", "backend_cpu_us_per_msg", "total_us",
         "wire_c2s_per_msg", "wire_s2c_per_msg", "tcp_c2s_per_msg",
         "tcp_s2c_per_msg", "backend_rx_per_msg", "backend_tx_per_msg",
-        "lg_cpu_us_per_msg"]
+        "lg_cpu_us_per_msg", "proxy_cpu_util", "lg_cpu_util"]
 with open(res + "/deflate.tsv", "w") as t:
     t.write("config\treps\terrors\tpmd_conns\t" + "\t".join(cols) + "\tspread_proxy_us\n")
     md = ["| configuration | msg/s | proxy CPU us/msg | backend CPU us/msg "

@@ -2,7 +2,7 @@
  * wsecho - a fast plain ws:// echo server for the benchmark.
  *
  *   wsecho [-l HOST:PORT] [-q] [--deflate [--deflate-level L]
- *          [--deflate-bits B]]
+ *          [--deflate-bits B] [--deflate-memlevel M]]
  *
  * One thread, epoll (level-triggered), non-blocking sockets. Answers any
  * GET with an Upgrade: websocket (101 + Sec-WebSocket-Accept), then echoes
@@ -20,8 +20,9 @@
  * parameters the client offered, context takeover otherwise. On such a
  * session every message is collected whole, inflated when it is
  * compressed (RSV1), and echoed compressed at zlib level --deflate-level
- * (1, wsguard's default) in one frame. Sessions without the offer are
- * echoed as above.
+ * (1, wsguard's default) and memLevel --deflate-memlevel (5: websockets'
+ * default, and wsguard's for a 2^12 window) in one frame. Sessions
+ * without the offer are echoed as above.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -69,7 +70,7 @@ static int ep;
 static volatile sig_atomic_t stop;
 static uint8_t rbuf[RBUF];
 static int quiet;
-static int pmd_on, pmd_level = 1, pmd_bits = 12;
+static int pmd_on, pmd_level = 1, pmd_bits = 12, pmd_memlevel = 5;
 static struct obuf plain;   /* an inflated message */
 static struct obuf zout;    /* a compressed echo */
 
@@ -370,7 +371,7 @@ pmd_offer(struct conn *c, const char *head, char *ans, size_t cap)
         c->zd = calloc(1, sizeof *c->zd);
         c->zi = calloc(1, sizeof *c->zi);
         if (!c->zd || !c->zi ||
-            deflateInit2(c->zd, pmd_level, Z_DEFLATED, -sbits, 8,
+            deflateInit2(c->zd, pmd_level, Z_DEFLATED, -sbits, pmd_memlevel,
                          Z_DEFAULT_STRATEGY) != Z_OK ||
             inflateInit2(c->zi, -15) != Z_OK) {
             fprintf(stderr, "wsecho: zlib init failed\n");
@@ -503,7 +504,8 @@ main(int argc, char **argv)
     const char *listen_on = "127.0.0.1:9001";
     static const struct option lo[] = {
         { "deflate", 0, 0, 1 }, { "deflate-level", 1, 0, 2 },
-        { "deflate-bits", 1, 0, 3 }, { 0, 0, 0, 0 }
+        { "deflate-bits", 1, 0, 3 }, { "deflate-memlevel", 1, 0, 4 },
+        { 0, 0, 0, 0 }
     };
     int opt;
     while ((opt = getopt_long(argc, argv, "l:qh", lo, NULL)) != -1) {
@@ -513,14 +515,18 @@ main(int argc, char **argv)
         case 1: pmd_on = 1; break;
         case 2: pmd_level = atoi(optarg); break;
         case 3: pmd_bits = atoi(optarg); break;
+        case 4: pmd_memlevel = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: wsecho [-l HOST:PORT] [-q] [--deflate "
-                    "[--deflate-level L] [--deflate-bits 9-15]]\n");
+                    "[--deflate-level L] [--deflate-bits 9-15] "
+                    "[--deflate-memlevel 1-9]]\n");
             return 2;
         }
     }
-    if (pmd_bits < 9 || pmd_bits > 15 || pmd_level < -1 || pmd_level > 9) {
-        fprintf(stderr, "wsecho: --deflate-bits 9-15, --deflate-level -1-9\n");
+    if (pmd_bits < 9 || pmd_bits > 15 || pmd_level < -1 || pmd_level > 9 ||
+        pmd_memlevel < 1 || pmd_memlevel > 9) {
+        fprintf(stderr, "wsecho: --deflate-bits 9-15, --deflate-level -1-9, "
+                "--deflate-memlevel 1-9\n");
         return 2;
     }
     raise_nofile();
