@@ -38,7 +38,7 @@
 # (9101), GUARD_PORT (9543), NGINX_PORT (9544), HAPROXY_PORT (9545),
 # WSGUARD_BIN, WSBENCH_BIN, WSECHO_BIN (default build/wsguard,
 # bench/build/ws*), BENCH_RES (results directory; bench/results),
-# KEEP_TMP=1.
+# KEEP_TMP=1. SUMMARY_ONLY=1 makes the tables again from deflate.raw.log.
 # Results: $BENCH_RES/deflate.md (the table), deflate.tsv (medians),
 # deflate.raw.log (one line per run).
 set -u
