@@ -403,6 +403,8 @@ wake_cb(struct ev_loop *loop, ev_async *a, int revents)
     }
     if (drain && !w->draining) {
         w->draining = 1;
+        log_info("worker %u: draining, %llu connections open", w->id,
+                 (unsigned long long)w->nconns);
         accept_set(w, 0);
         ev_timer_stop(loop, &w->accept_pause);
         ev_timer_stop(loop, &w->trim);

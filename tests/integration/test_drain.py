@@ -72,15 +72,18 @@ def test_silent_clients_bounded_by_grace(backend, wsguard_factory):
 def test_handshakes_in_progress_refused_while_draining(backend,
                                                        wsguard_factory):
     """A client still in its handshake when the drain starts gets 503."""
+    # One worker, whose own "draining" line says it has taken the drain
+    # (the process's line comes from the signal handler's thread first;
+    # a request finished before the worker saw the drain is served).
     wsg = wsguard_factory(backend.url, SERVER_DRAIN_TIMEOUT="2s",
-                          SERVER_IDLE_TIMEOUT="0")
+                          SERVER_IDLE_TIMEOUT="0", SERVER_WORKERS="1")
     live = open_sessions(wsg, 1)
     with raw_connect(wsg, timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\n")       # head not finished yet
         wsg.terminate()
-        # once the drain is logged, finish the head
+        # once the worker has logged its drain, finish the head
         deadline = time.monotonic() + 10
-        while "draining" not in wsg.stderr_text():
+        while "worker 0: draining" not in wsg.stderr_text():
             assert time.monotonic() < deadline
             time.sleep(0.02)
         from helpers import upgrade_head, read_head
