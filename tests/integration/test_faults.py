@@ -905,6 +905,39 @@ async def poll(pred, timeout, interval=0.01):
         await asyncio.sleep(interval)
 
 
+@pytest.mark.skipif(ASAN, reason=ASAN_SKIP)
+def test_quiet_sessions_give_back_tls_record_buffers(rig):
+    """A relaying session keeps its TLS record buffers while traffic
+    flows and gives them back once quiet for RELAY_QUIET_MS (1 s): with
+    N open sessions that each moved a 20 KiB message, the live heap
+    blocks (the shim's count) drop by at least N while the sessions stay
+    open and silent."""
+    r = rig()
+    n = 12
+
+    async def scenario():
+        socks = [await connect(r.wsg, r.path("quiet"), ping_interval=None)
+                 for _ in range(n)]
+        try:
+            for i, ws in enumerate(socks):
+                m = bytes([i]) * 20000
+                await ws.send(m)
+                assert await asyncio.wait_for(ws.recv(), 10) == m
+            busy = r.fc.live
+            # No traffic from here: each session's buffers must go.
+            dropped = await poll(lambda: busy - r.fc.live >= n, 15)
+            return busy, r.fc.live, dropped
+        finally:
+            for ws in socks:
+                await ws.close()
+
+    busy, quiet, dropped = run(scenario(), timeout=60)
+    assert dropped, ("live heap blocks %d with %d busy sessions, %d after "
+                     "they went quiet: the record buffers were not given "
+                     "back" % (busy, n, quiet))
+    r.finish()
+
+
 @pytest.mark.parametrize("err", ["EMFILE", "ENFILE", "ENOMEM"])
 def test_emfile_on_accept_pauses_then_serves(rig, err):
     """accept4 fails with EMFILE (shim; ENFILE and ENOMEM likewise) while
