@@ -80,6 +80,8 @@ struct hs {
     unsigned be_tries;
     const struct backend_addr *be_addr;
     double be_started;          /* this connect attempt began */
+    struct pmd_params pmd;      /* permessage-deflate, as agreed (the
+                                   relay keeps them in its compressors) */
 };
 
 struct conn {
@@ -111,7 +113,6 @@ struct conn {
     char *origin;
     char *sub;
     char *jti;                  /* for revocation */
-    struct pmd_params pmd;      /* permessage-deflate, as agreed */
     int pmd_neg;                /* pmd_negotiate(): > 0 agreed,
                                    PMD_NEG_NONE, PMD_NEG_MALFORMED */
 };
@@ -257,16 +258,14 @@ conn_log(struct conn *c)
     rec.duration_ms = (uint64_t)((now_of(c) - c->started) * 1000);
     rec.tls_version = c->tls_version;
     char dfl[96];
-    if (c->relayed && c->pmd_neg > 0) {
+    if (c->relayed && c->r.pmd) {
         /* What was agreed, compactly: windows, then the takeovers given
-         * up ("s" wsguard's side, "c" the client's). */
+         * up. wsguard deflates with the server's parameters and inflates
+         * with the client's. */
         snprintf(dfl, sizeof dfl, "server_bits=%u client_bits=%u%s%s",
-                 c->pmd.server_max_window_bits,
-                 c->pmd.client_max_window_bits,
-                 c->pmd.server_no_context_takeover
-                     ? " server_no_context_takeover" : "",
-                 c->pmd.client_no_context_takeover
-                     ? " client_no_context_takeover" : "");
+                 c->r.zout.bits, c->r.zin.bits,
+                 c->r.zout.no_takeover ? " server_no_context_takeover" : "",
+                 c->r.zin.no_takeover ? " client_no_context_takeover" : "");
         rec.deflate = dfl;
     } else if (c->relayed && c->pmd_neg == PMD_NEG_MALFORMED) {
         rec.deflate = "malformed offer";
@@ -876,7 +875,7 @@ relay_begin(struct conn *c)
     struct hs *h = c->hs;
     const struct checks *k = &h->k;
     struct relay_setup s = {
-        .pmd = c->pmd_neg > 0 ? &c->pmd : NULL,
+        .pmd = c->pmd_neg > 0 ? &h->pmd : NULL,
         .cfg = cfg_of(c),
         .pol = c->pol,
         .cli = &c->cli,
@@ -1006,7 +1005,7 @@ be_read_response(struct conn *c)
     };
     char ext[PMD_RESPONSE_MAX];
     c->pmd_neg = pmd_negotiate(&pp, k->req.headers, k->req.nheaders,
-                               &c->pmd, ext, sizeof ext);
+                               &h->pmd, ext, sizeof ext);
     if (c->pmd_neg == PMD_NEG_MALFORMED)
         log_info("%s: malformed Sec-WebSocket-Extensions: "
                  "permessage-deflate not agreed", c->cl.ip);

@@ -321,12 +321,27 @@ limit_control(struct relay *r, struct dir *d, const struct ws_header *h)
     return WS_CLOSE_POLICY;
 }
 
+/* The byte rate, charged n bytes (a frame's payload, or what a
+ * compressed message inflated to). */
+static int
+limit_bytes(struct relay *r, struct dir *d, uint64_t n)
+{
+    const struct policy *p = r->pol;
+
+    if (p->bytes_per_second) {
+        double rate = (double)p->bytes_per_second;
+        if (!bucket_take(&r->b_bytes, rate, rate, (double)n, r->now, 1)) {
+            d->why = "byte rate exceeded";
+            d->enf = ENF_RATE;
+            return WS_CLOSE_POLICY;
+        }
+    }
+    return 0;
+}
+
 /* [limits] on a client data frame header, before any of its payload is
  * forwarded: the message rate is charged on a message's first frame, the
  * byte rate on every frame. */
-static int
-limit_bytes(struct relay *r, struct dir *d, uint64_t n);
-
 static int
 limit_data(struct relay *r, struct dir *d, const struct ws_header *h)
 {
@@ -344,22 +359,6 @@ limit_data(struct relay *r, struct dir *d, const struct ws_header *h)
     /* A compressed message is charged as it inflates (dir_zout). */
     if (h->rsv == 0 && !(h->opcode == WS_OP_CONT && d->msg.compressed))
         return limit_bytes(r, d, h->len);
-    return 0;
-}
-
-static int
-limit_bytes(struct relay *r, struct dir *d, uint64_t n)
-{
-    const struct policy *p = r->pol;
-
-    if (p->bytes_per_second) {
-        double rate = (double)p->bytes_per_second;
-        if (!bucket_take(&r->b_bytes, rate, rate, (double)n, r->now, 1)) {
-            d->why = "byte rate exceeded";
-            d->enf = ENF_RATE;
-            return WS_CLOSE_POLICY;
-        }
-    }
     return 0;
 }
 
@@ -409,7 +408,7 @@ dir_control(struct relay *r, struct dir *d, uint8_t *p, int n,
         }
     }
     if (h->masked) {
-        rnd_take4(r->rnd, p + n - 4);
+        rnd_take(r->rnd, p + n - 4, 4);
         ws_mask(pl, (size_t)h->len, p + n - 4, 0);
     }
     b->parsed += (uint32_t)(n + h->len);
@@ -465,6 +464,15 @@ dir_text(struct dir *d, uint8_t *p, size_t take)
     return (long)(take - hold);
 }
 
+/* A whole data message went through d: counted for the log and the
+ * metrics. */
+static void
+msg_relayed(struct relay *r, struct dir *d)
+{
+    d->msgs++;
+    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+}
+
 /*
  * The common case in one pass: a whole, unfragmented text or binary
  * message of at most 125 bytes (a 2-byte header, plus the key when
@@ -499,7 +507,7 @@ dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
     if (d->from_client) {
         uint8_t ckey[4], okey[4];
         memcpy(ckey, p + 2, 4);
-        rnd_take4(r->rnd, okey);
+        rnd_take(r->rnd, okey, 4);
         if (b0 == 0x81) {
             if (!ws_remask_all(pl, len, ckey, okey)) {
                 /* Not all ASCII: unmask (now with our key), validate,
@@ -511,10 +519,7 @@ dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
                 ws_mask(pl, len, okey, 0);
             }
         } else {
-            uint8_t k[4];
-            for (int i = 0; i < 4; i++)
-                k[i] = ckey[i] ^ okey[i];
-            ws_mask(pl, len, k, 0);
+            ws_remask(pl, len, ckey, okey, 0);
         }
         memcpy(p + 2, okey, 4);
     } else if (b0 == 0x81 && !utf8_is_ascii(pl, len) &&
@@ -522,8 +527,7 @@ dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
         goto bad_utf8;
     }
     d->b->parsed += (uint32_t)(hdr + len);
-    d->msgs++;
-    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+    msg_relayed(r, d);
     return (long)(hdr + len);
 bad_utf8:
     d->why = "invalid UTF-8";
@@ -610,7 +614,7 @@ ofr_close(struct relay *r, struct dir *d, int fin)
     const uint8_t *k = NULL;
 
     if (d->from_client) {
-        rnd_take4(r->rnd, key);
+        rnd_take(r->rnd, key, 4);
         k = key;
     }
     size_t hl = ws_write_header(hdr, fin, d->xfirst ? d->xop : WS_OP_CONT,
@@ -798,8 +802,7 @@ dir_zend(struct relay *r, struct dir *d)
     ofr_close(r, d, 1);
     d->xend = d->xform = 0;
     (void)ws_msg_end(&d->msg);  /* UTF-8 checked above or on the input */
-    d->msgs++;
-    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+    msg_relayed(r, d);
     return 0;
 }
 
@@ -951,7 +954,7 @@ dir_parse(struct relay *r, struct dir *d)
             }
             if (h.masked) {
                 memcpy(d->ckey, h.key, 4);
-                rnd_take4(r->rnd, d->okey);
+                rnd_take(r->rnd, d->okey, 4);
                 memcpy(p + n - 4, d->okey, 4);
             }
             d->masked = h.masked;
@@ -988,11 +991,7 @@ dir_parse(struct relay *r, struct dir *d)
                     return 0;
                 }
             } else if (d->masked) {
-                /* Unmask and re-mask in one pass: (x^a)^b = x^(a^b). */
-                uint8_t k[4];
-                for (int i = 0; i < 4; i++)
-                    k[i] = d->ckey[i] ^ d->okey[i];
-                ws_mask(p, take, k, d->frame_off);
+                ws_remask(p, take, d->ckey, d->okey, d->frame_off);
             }
             b->parsed += (uint32_t)take;
             d->remaining -= take;
@@ -1017,9 +1016,7 @@ frame_end:
                     d->why = "invalid UTF-8";
                     return code;
                 }
-                d->msgs++;
-                stats_add(&r->st->messages[d->from_client ? DIR_IN
-                                                          : DIR_OUT], 1);
+                msg_relayed(r, d);
             }
         }
     }

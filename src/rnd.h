@@ -27,24 +27,14 @@ void rnd_init(struct rnd *r, void (*fn)(uint8_t *out, size_t n));
 /* Fill the pool again (rnd_take does when it runs out). */
 void rnd_refill(struct rnd *r);
 
-/* 4 bytes (a masking key) into out. */
-static inline void
-rnd_take4(struct rnd *r, uint8_t out[4])
-{
-    if (r->off + 4 > sizeof r->pool)
-        rnd_refill(r);
-    memcpy(out, r->pool + r->off, 4);
-    r->off += 4;
-}
-
-/* n <= sizeof pool bytes into out. */
+/* n <= sizeof pool bytes into out (a constant n, such as a masking key's
+ * 4, compiles to a single move). */
 static inline void
 rnd_take(struct rnd *r, uint8_t *out, size_t n)
 {
     if (r->off + n > sizeof r->pool)
         rnd_refill(r);
-    for (size_t i = 0; i < n; i++)
-        out[i] = r->pool[r->off + i];
+    memcpy(out, r->pool + r->off, n);
     r->off += (unsigned)n;
 }
 

@@ -265,6 +265,17 @@ ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset)
         p[i] ^= k[i & 7];
 }
 
+void
+ws_remask(uint8_t *p, size_t n, const uint8_t from[4], const uint8_t to[4],
+          uint64_t offset)
+{
+    uint8_t k[4];
+
+    for (int i = 0; i < 4; i++)
+        k[i] = from[i] ^ to[i];
+    ws_mask(p, n, k, offset);
+}
+
 int
 ws_remask_all(uint8_t *p, size_t n, const uint8_t from[4],
               const uint8_t to[4])

@@ -133,6 +133,11 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
  * a UTF-8 state of UTF8_ACCEPT stays so). offset as for ws_mask. Returns
  * the length of that prefix; the rest is left untouched (still masked
  * with `from`). */
+/* Change p[0..n) from masked with `from` to masked with `to` in one XOR
+ * pass ((x^a)^b = x^(a^b)); offset as for ws_mask. */
+void ws_remask(uint8_t *p, size_t n, const uint8_t from[4],
+               const uint8_t to[4], uint64_t offset);
+
 /* The fast path for a whole small frame (offset 0): re-mask all of
  * p[0..n) from `from` to `to` in one pass, and say whether every
  * unmasked byte was ASCII (1) or not (0). Either way p ends up masked

@@ -20,6 +20,19 @@
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
+/* t without the blanks around it (cut in place): an extension parameter
+ * taken out of a header value with strtok_r. */
+static inline char *
+trim_blanks(char *t)
+{
+    while (*t == ' ' || *t == '\t')
+        t++;
+    size_t tl = strlen(t);
+    while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
+        t[--tl] = 0;
+    return t;
+}
+
 static inline double
 now_s(void)
 {

@@ -720,11 +720,7 @@ pmd_accept(struct conn *c, const char *head)
     char *save = NULL;
     int first = 1;
     for (char *t = strtok_r(val, ";", &save); t; t = strtok_r(NULL, ";", &save)) {
-        while (*t == ' ' || *t == '\t')
-            t++;
-        size_t tl = strlen(t);
-        while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
-            t[--tl] = 0;
+        t = trim_blanks(t);
         if (first) {
             if (strcmp(t, "permessage-deflate")) {
                 last_err = "unexpected extension";

@@ -336,11 +336,7 @@ pmd_offer(struct conn *c, const char *head, char *ans, size_t cap)
         int ok = 1, first = 1;
         char *s2 = NULL;
         for (char *t = strtok_r(off, ";", &s2); t; t = strtok_r(NULL, ";", &s2)) {
-            while (*t == ' ' || *t == '\t')
-                t++;
-            size_t tl = strlen(t);
-            while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
-                t[--tl] = 0;
+            t = trim_blanks(t);
             if (first) {
                 ok = !strcmp(t, "permessage-deflate");
                 first = 0;

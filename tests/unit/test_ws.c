@@ -721,6 +721,28 @@ test_remask_ascii(void **state)
     }
 }
 
+/* ws_remask against unmasking with one key and masking with the other:
+ * every length to 40 and every offset in the key. */
+static void
+test_remask(void **state)
+{
+    static const uint8_t from[4] = {0x12, 0x9a, 0xf0, 0x3c};
+    static const uint8_t to[4] = {0x81, 0x07, 0x55, 0xe6};
+    uint8_t got[40], want[40];
+
+    (void)state;
+    for (size_t n = 1; n <= 40; n++) {
+        for (uint64_t off = 0; off < 4; off++) {
+            for (size_t i = 0; i < n; i++)
+                got[i] = want[i] = (uint8_t)(i * 37 + off);
+            ws_remask(got, n, from, to, off);
+            ws_mask(want, n, from, off);
+            ws_mask(want, n, to, off);
+            assert_memory_equal(got, want, n);
+        }
+    }
+}
+
 /* ws_remask_all against the reference (unmask with from, check ASCII,
  * mask with to): every length up to 140 and every position of a non-ASCII
  * byte (or none). */
@@ -771,6 +793,7 @@ main(void)
         cmocka_unit_test(test_build_close),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_remask_ascii),
+        cmocka_unit_test(test_remask),
         cmocka_unit_test(test_remask_all),
     };
     return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
