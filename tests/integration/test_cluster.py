@@ -363,11 +363,15 @@ def test_redis_down_on_error_closed_then_back(backend, wsguard_factory, redis, p
 def test_churn_counts_back_to_zero(backend, wsguard_factory, redis, prefix):
     """1,000 connections over both replicas, with early closes of every
     kind (TCP only, TLS only, part of the head, the head then RST, upgraded
-    then RST, a clean close, a message then a clean close), some over the
-    fleet limit. Afterwards no <prefix>ip:* key is left (within 10 s, far
-    less than the 30 s lease, so an expiry cannot hide a leak), no
-    connection is active, and each replica's held count starts from zero
-    again (one new connection is written as count 1)."""
+    then RST, a clean close, a message then a clean close), in two rounds:
+    600 with fewer clients at once than the fleet limit (most upgrades
+    succeed), then 400 from 24 clients at once racing for the last two of
+    the ten slots while eight sessions are held (the limit is reached).
+    How many upgrades lose the race in the second round depends on timing;
+    neither round's assertions do. Afterwards no <prefix>ip:* key is left
+    (within 10 s, far less than the 30 s lease, so an expiry cannot hide a
+    leak), no connection is active, and each replica's held count starts
+    from zero again (one new connection is written as count 1)."""
     kw = dict(LIMITS_MAX_CONNECTIONS_PER_IP="10", CLUSTER_LEASE="30s",
               SERVER_HANDSHAKE_TIMEOUT="5s")
     a, aa = start_replica(wsguard_factory, backend.url, redis.url, prefix, **kw)
@@ -375,16 +379,35 @@ def test_churn_counts_back_to_zero(backend, wsguard_factory, redis, prefix):
     fa, fb = field_of(aa), field_of(ba)
 
     t0 = time.monotonic()
-    out, peak = churn([a, b], 1000, concurrency=24, seed=20240601)
-    took = time.monotonic() - t0
-    print("churn: %.1fs %r, peak %d sessions" % (took, dict(out), peak))
-    assert sum(out.values()) == 1000
-    assert out["upgraded"] + out["message"] + out["upgraded-rst"] > 100, out
-    assert out["refused-429"] > 0, out       # the limit was reached
+    below, peak = churn([a, b], 600, concurrency=6, seed=20240601)
+    print("churn below the limit: %.1fs %r, peak %d sessions" % (
+        time.monotonic() - t0, dict(below), peak))
+    assert sum(below.values()) == 600
+    # About 340 of the 600 reach the upgrade; only a slot still held after
+    # its client has finished (released a moment later) can refuse one.
+    assert below["upgraded"] + below["message"] + below["upgraded-rst"] > 100, below
+    assert peak <= 6
+
+    left = wait_until(lambda: not ip_keys(redis, prefix), 10.0, interval=0.1)
+    assert left, "keys left after the first round: %r" % {
+        k: redis.call("HGETALL", k) for k in ip_keys(redis, prefix)}
+    held = [open_ok(w) for w in (a, b) for _ in range(4)]
+    try:
+        t0 = time.monotonic()
+        at, peak = churn([a, b], 400, concurrency=24, seed=20240602)
+        print("churn at the limit: %.1fs %r, peak %d sessions" % (
+            time.monotonic() - t0, dict(at), peak))
+    finally:
+        close_all(held)
+    assert sum(at.values()) == 400
+    assert at["refused-429"] > 0, at       # the limit was reached
+    # What the clients held at once (a lower bound of what wsguard held)
+    # next to the eight sessions held throughout.
+    assert peak <= 2, "%d sessions next to 8 held, over a fleet limit of 10" % peak
+
+    out = below + at
     assert out["bad-echo"] == 0, out
     assert not [k for k in out if k.startswith("refused-") and k != "refused-429"], out
-    # What the clients held at once (a lower bound of what wsguard held).
-    assert peak <= 10, "%d sessions at once over a fleet limit of 10" % peak
 
     left = wait_until(lambda: not ip_keys(redis, prefix), 10.0, interval=0.1)
     assert left, "keys left after the churn: %r" % {
