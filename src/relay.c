@@ -57,7 +57,24 @@ dir_init(struct dir *d, struct peer *src, struct peer *dst, int from_client,
     d->src = src;
     d->dst = dst;
     d->from_client = (uint8_t)from_client;
+    d->mbit = from_client ? 0x80 : 0;
     d->max_payload = max_payload;
+}
+
+/* What the fast path takes in d (dir_fast): once max_payload, zmin and
+ * the rate limits are known. */
+static void
+dir_fast_init(struct dir *d, const struct policy *p)
+{
+    uint64_t end = 126;
+
+    if (d->max_payload != 0 && d->max_payload < end)
+        end = d->max_payload + 1;
+    if (d->zmin < end)
+        end = d->zmin;
+    d->fast_end = (uint8_t)end;
+    d->fast_lim = d->from_client &&
+                  (p->messages_per_second || p->bytes_per_second);
 }
 
 void
@@ -88,6 +105,8 @@ relay_init(struct relay *r, const struct relay_setup *s)
         pmd_deflater_init(&r->zout, s->pmd, (int)p->deflate_level);
         r->down.zmin = p->deflate_min_size;
     }
+    dir_fast_init(&r->up, p);
+    dir_fast_init(&r->down, p);
 }
 
 /* ------------------------------------------------------------------ */
@@ -464,75 +483,92 @@ dir_text(struct dir *d, uint8_t *p, size_t take)
     return (long)(take - hold);
 }
 
-/* A whole data message went through d: counted for the log and the
+/* n whole data messages went through d: counted for the log and the
  * metrics. */
 static void
-msg_relayed(struct relay *r, struct dir *d)
+msgs_relayed(struct relay *r, struct dir *d, uint32_t n)
 {
-    d->msgs++;
-    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], 1);
+    d->msgs += n;
+    stats_add(&r->st->messages[d->from_client ? DIR_IN : DIR_OUT], n);
 }
 
 /*
- * The common case in one pass: a whole, unfragmented text or binary
- * message of at most 125 bytes (a 2-byte header, plus the key when
- * masked) lying complete in the buffer, outside any fragmented message.
- * Every rule of the general path applies (RSV 0, the masking direction,
- * max_payload, the rate limits, UTF-8 of text), only without the state
- * kept for frames that arrive in pieces. Returns the bytes consumed (the
- * frame, validated and re-masked in place), 0 when the frame is not one
- * of these (the general path takes it; nothing was changed), or -1 with
- * d->why and *code set.
+ * The common case in one pass: whole, unfragmented text or binary
+ * messages of at most 125 bytes (a 2-byte header, plus the key when
+ * masked) lying complete in the buffer, outside any fragmented message,
+ * one after the other from b->parsed. Every rule of the general path
+ * applies (RSV 0, the masking direction, max_payload, the rate limits,
+ * UTF-8 of text), only without the state kept for frames that arrive in
+ * pieces. Stops at the first frame that is not one of these (the general
+ * path takes it; nothing of it was changed). Returns 0, or a close code
+ * with d->why set.
  */
-static long
-dir_fast(struct relay *r, struct dir *d, uint8_t *p, size_t avail, int *code)
+static int
+dir_fast(struct relay *r, struct dir *d)
 {
-    uint8_t b0 = p[0], b1 = p[1];
-    size_t len = b1 & 0x7F, hdr;
+    struct buf *b = d->b;
+    uint8_t *const data = b->data;
+    uint32_t at = b->parsed, msgs = 0;
+    const uint32_t last = b->last;
+    /* Copied: stores into the payload may alias anything (uint8_t *), so
+     * fields read in the loop would be loaded again on every frame. */
+    const uint8_t from_client = d->from_client, mbit = d->mbit,
+                  fast_end = d->fast_end, fast_lim = d->fast_lim;
+    const size_t hdr = from_client ? 6 : 2;
+    int code = 0;
 
-    if ((b0 != 0x81 && b0 != 0x82) || len > 125 || d->msg.in_msg ||
-        (b1 >> 7) != d->from_client || len >= d->zmin)
+    if (d->msg.in_msg)
         return 0;
-    hdr = d->from_client ? 6 : 2;
-    if (avail < hdr + len ||
-        (d->max_payload != 0 && len > d->max_payload))
-        return 0;
-    if (d->from_client && (r->pol->messages_per_second ||
-                           r->pol->bytes_per_second)) {
-        struct ws_header h = { .fin = 1, .opcode = b0 & 0xF, .len = len };
-        if ((*code = limit_data(r, d, &h)) != 0)
-            return -1;
-    }
-    uint8_t *pl = p + hdr;
-    if (d->from_client) {
-        uint8_t ckey[4], okey[4];
-        memcpy(ckey, p + 2, 4);
-        rnd_take(r->rnd, okey, 4);
-        if (b0 == 0x81) {
-            if (!ws_remask_all(pl, len, ckey, okey)) {
-                /* Not all ASCII: unmask (now with our key), validate,
-                 * mask again (a refused frame is never sent, so its
-                 * bytes may stay transformed). */
-                ws_mask(pl, len, okey, 0);
-                if (utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT)
-                    goto bad_utf8;
-                ws_mask(pl, len, okey, 0);
-            }
-        } else {
-            ws_remask(pl, len, ckey, okey, 0);
+    while (last - at >= 2) {
+        uint8_t *p = data + at;
+        uint8_t b0 = p[0];
+        size_t len = (uint8_t)(p[1] ^ mbit);
+
+        /* b0: FIN, RSV 0, text or binary. len: the mask bit as the
+         * direction wants it and a 7-bit length short enough. */
+        if ((unsigned)(b0 - 0x81) > 1 || len >= fast_end ||
+            last - at < hdr + len)
+            break;
+        if (fast_lim) {
+            struct ws_header h = { .fin = 1, .opcode = b0 & 0xF, .len = len };
+            if ((code = limit_data(r, d, &h)) != 0)
+                break;
         }
-        memcpy(p + 2, okey, 4);
-    } else if (b0 == 0x81 && !utf8_is_ascii(pl, len) &&
-               utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT) {
-        goto bad_utf8;
+        uint8_t *pl = p + hdr;
+        if (from_client) {
+            uint8_t ckey[4], okey[4];
+            memcpy(ckey, p + 2, 4);
+            rnd_take(r->rnd, okey, 4);
+            if (b0 == 0x81) {
+                if (!ws_remask_all(pl, len, ckey, okey)) {
+                    /* Not all ASCII: unmask (now with our key), validate,
+                     * mask again (a refused frame is never sent, so its
+                     * bytes may stay transformed). */
+                    ws_mask(pl, len, okey, 0);
+                    if (utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT)
+                        goto bad_utf8;
+                    ws_mask(pl, len, okey, 0);
+                }
+            } else {
+                ws_remask(pl, len, ckey, okey, 0);
+            }
+            memcpy(p + 2, okey, 4);
+        } else if (b0 == 0x81 && !utf8_is_ascii(pl, len) &&
+                   utf8_validate(UTF8_ACCEPT, pl, len) != UTF8_ACCEPT) {
+            goto bad_utf8;
+        }
+        at += (uint32_t)(hdr + len);
+        msgs++;
     }
-    d->b->parsed += (uint32_t)(hdr + len);
-    msg_relayed(r, d);
-    return (long)(hdr + len);
+    if (0) {
 bad_utf8:
-    d->why = "invalid UTF-8";
-    *code = WS_CLOSE_INVALID_DATA;
-    return -1;
+        d->why = "invalid UTF-8";
+        code = WS_CLOSE_INVALID_DATA;
+    }
+    b->parsed = at;
+    if (msgs > 0)
+        msgs_relayed(r, d, msgs);
+    return code;
 }
 
 /* ------------------------------------------------------------------ */
@@ -802,7 +838,7 @@ dir_zend(struct relay *r, struct dir *d)
     ofr_close(r, d, 1);
     d->xend = d->xform = 0;
     (void)ws_msg_end(&d->msg);  /* UTF-8 checked above or on the input */
-    msg_relayed(r, d);
+    msgs_relayed(r, d, 1);
     return 0;
 }
 
@@ -885,12 +921,12 @@ dir_parse(struct relay *r, struct dir *d)
         if (d->xstall)
             return 0;
         if (!d->in_frame && avail >= 2) {
-            int code;
-            long n = dir_fast(r, d, p, avail, &code);
-            if (n > 0)
-                continue;
-            if (n < 0)
+            uint32_t at = b->parsed;
+            int code = dir_fast(r, d);
+            if (code)
                 return code;
+            if (b->parsed != at)
+                continue;
         }
         if (!d->in_frame) {
             struct ws_header h;
@@ -1016,7 +1052,7 @@ frame_end:
                     d->why = "invalid UTF-8";
                     return code;
                 }
-                msg_relayed(r, d);
+                msgs_relayed(r, d, 1);
             }
         }
     }

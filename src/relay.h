@@ -119,6 +119,15 @@ struct dir {
     uint8_t xstall;             /* waiting for o to drain */
     uint8_t zenf;               /* enum enforce + 1 of an inflate-guard
                                    close; 0 = none */
+
+    /* The fast path (dir_fast), set at relay start: */
+    uint8_t mbit;               /* 0x80 when frames must be masked: the
+                                   second header byte of a frame it takes,
+                                   XOR this, is the payload length */
+    uint8_t fast_end;           /* it takes payloads shorter than this
+                                   (<= 126: max_payload and compression
+                                   allowing); 0 = none */
+    uint8_t fast_lim;           /* rate limits apply to its frames */
 };
 
 /* What a relay is made from. Pointers stay owned by the caller and must

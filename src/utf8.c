@@ -183,13 +183,26 @@ utf8_is_ascii(const uint8_t *p, size_t n)
         return ((a | b) & HIGH_BITS) == 0;
     }
 #if defined(__SSE2__)
-    __m128i v = _mm_setzero_si128();
-    for (i = 0; i + 16 <= n; i += 16)
-        v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(const void *)
-                                            (p + i)));
-    if (i < n)      /* the last 16 bytes, overlapping what was seen */
-        v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(const void *)
-                                            (p + n - 16)));
+#define LOAD16(q) _mm_loadu_si128((const __m128i *)(const void *)(q))
+#define OR(a, b) _mm_or_si128(a, b)
+    /* Up to 64 bytes without a loop (16 to 64 bytes: two or four loads,
+     * the last ones overlapping what was seen, harmless for OR); longer
+     * input 64 bytes per step, then its last 64 bytes. */
+    __m128i v;
+    if (n <= 32) {
+        v = OR(LOAD16(p), LOAD16(p + n - 16));
+    } else if (n <= 64) {
+        v = OR(OR(LOAD16(p), LOAD16(p + 16)),
+               OR(LOAD16(p + n - 32), LOAD16(p + n - 16)));
+    } else {
+        v = OR(OR(LOAD16(p + n - 64), LOAD16(p + n - 48)),
+               OR(LOAD16(p + n - 32), LOAD16(p + n - 16)));
+        for (i = 0; i + 64 <= n; i += 64)
+            v = OR(v, OR(OR(LOAD16(p + i), LOAD16(p + i + 16)),
+                         OR(LOAD16(p + i + 32), LOAD16(p + i + 48))));
+    }
+#undef OR
+#undef LOAD16
     return _mm_movemask_epi8(v) == 0;
 #else
     for (i = 0; i + 8 <= n; i += 8) {

@@ -282,29 +282,38 @@ ws_remask_all(uint8_t *p, size_t n, const uint8_t from[4],
 {
     uint32_t f32, t32;
     size_t i = 0;
+    uint64_t seen = 0;          /* OR of the unmasked bytes */
 
     memcpy(&f32, from, 4);
     memcpy(&t32, to, 4);
-    const uint64_t kf = f32 * 0x100000001ull;
-    const uint64_t kx = kf ^ t32 * 0x100000001ull;
-    uint64_t seen = 0;          /* OR of the unmasked bytes */
 #if defined(__SSE2__)
-    const __m128i f128 = _mm_set1_epi64x((long long)kf);
-    const __m128i x128 = _mm_set1_epi64x((long long)kx);
-    __m128i acc = _mm_setzero_si128();
-    for (; n - i >= 32; i += 32) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16));
-        acc = _mm_or_si128(acc, _mm_or_si128(_mm_xor_si128(a, f128),
-                                             _mm_xor_si128(b, f128)));
-        _mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(a, x128));
-        _mm_storeu_si128((__m128i *)(void *)(p + i + 16),
-                         _mm_xor_si128(b, x128));
+    if (n >= 32) {
+        /* Unmask (u = a ^ from), note u, mask again (u ^ to): two XORs
+         * on the one register, no reload. */
+        const __m128i f128 = _mm_set1_epi32((int)f32);
+        const __m128i t128 = _mm_set1_epi32((int)t32);
+        __m128i acc = _mm_setzero_si128();
+        do {
+            __m128i u = _mm_xor_si128(
+                _mm_loadu_si128((const __m128i *)(const void *)(p + i)), f128);
+            __m128i v = _mm_xor_si128(
+                _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16)),
+                f128);
+            acc = _mm_or_si128(_mm_or_si128(acc, u), v);
+            _mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(u, t128));
+            _mm_storeu_si128((__m128i *)(void *)(p + i + 16),
+                             _mm_xor_si128(v, t128));
+            i += 32;
+        } while (n - i >= 32);
+        if (_mm_movemask_epi8(acc) != 0)
+            seen = 0x80;
+        if (i == n)
+            return seen == 0;
     }
-    if (_mm_movemask_epi8(acc) != 0)
-        seen = 0x80;
 #endif
     /* i is a multiple of 32 (SSE2) or 0: the keys are still aligned. */
+    const uint64_t kf = f32 * 0x100000001ull;
+    const uint64_t kx = kf ^ t32 * 0x100000001ull;
     for (; n - i >= 8; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
