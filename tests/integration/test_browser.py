@@ -294,8 +294,10 @@ def run_page(browser, pages, page_origin, wsg, protos=(), path="/browser",
                 opened = any(r.get("run") == run_id and r.get("event") == "open"
                              for r in pages.reports)
             if opened:
+                # Sent before the close report, but on its own fetch: a
+                # busy machine can deliver it well after the close.
                 got = pages.wait(lambda r: r.get("run") == run_id
-                                 and r.get("event") == "message", 3)
+                                 and r.get("event") == "message", REPORT_TIMEOUT)
                 if got is not None:
                     term = got
     finally:

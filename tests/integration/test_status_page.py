@@ -147,6 +147,15 @@ def chromium():
     c.close()
 
 
+def csp_reports(events):
+    """The Content-Security-Policy violations among DevTools events."""
+    texts = [e["params"]["entry"]["text"] for e in events
+             if e.get("method") == "Log.entryAdded"]
+    texts += [json.dumps(e["params"]) for e in events
+              if e.get("method") == "Runtime.consoleAPICalled"]
+    return [t for t in texts if "Content Security Policy" in t]
+
+
 def lookup(obj, path):
     for k in path.split("."):
         obj = obj[int(k)] if isinstance(obj, list) else obj[k]
@@ -206,7 +215,12 @@ def test_status_page_in_chromium(chromium, wsguard_factory, backend):
                 "(() => { const s = document.createElement('script');"
                 " s.textContent = 'window.__pwned = 1'; document.body.appendChild(s);"
                 " return window.__pwned === undefined ? 'blocked' : 'ran'; })()")
-            await asyncio.sleep(0.3)
+            # The violation report is an event of its own, sent after the
+            # script was refused: await it (bounded), do not sleep.
+            n = len(out["events_before_probe"])
+            deadline = time.monotonic() + 20
+            while not csp_reports(cdp.events[n:]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             out["events"] = list(cdp.events)
             await cdp.close()
         await live.close()
@@ -253,6 +267,4 @@ def test_status_page_in_chromium(chromium, wsguard_factory, backend):
 
     assert out["injected"] == "blocked"
     later = out["events"][len(ev):]
-    csp = [e["params"]["entry"]["text"] for e in later if e.get("method") == "Log.entryAdded"]
-    csp += [json.dumps(e["params"]) for e in later if e.get("method") == "Runtime.consoleAPICalled"]
-    assert any("Content Security Policy" in t for t in csp), later
+    assert csp_reports(later), later
