@@ -173,15 +173,17 @@ accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct worker *w = ev_userdata(loop);
 
-    /* The loop's cached time is that of the start of this iteration,
-     * which may be long past after a busy one: a connection's clock
-     * (handshake_timeout) starts from the real time of its accept. */
-    ev_now_update(loop);
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept4(io->fd, (struct sockaddr *)&ss, &len,
                          SOCK_NONBLOCK | SOCK_CLOEXEC);
+        /* The loop's cached time is that of the start of this iteration,
+         * which may be long past after a busy one, and so may the time of
+         * the previous accept of this batch (each takes a while: a TLS
+         * session is set up): a connection's clock (handshake_timeout)
+         * starts from the real time of its own accept. */
+        ev_now_update(loop);
         if (fd == -1) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
