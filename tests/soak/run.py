@@ -52,14 +52,6 @@ REPO = HERE.parents[1]
 
 # wsguard settings the run uses; the load generator is told the same.
 HANDSHAKE_TIMEOUT = 5      # s: slowloris heads are cut after this
-# How much earlier than handshake_timeout after the TCP handshake a cut may
-# come. wsguard stamps a connection with its worker loop's cached time
-# (ev_now) when it accepts it; a connection that arrived during a long
-# loop iteration (hundreds of ms under ASan on a busy machine) gets a
-# stamp from before its arrival. Seen: cuts 4.48-4.74 s after the
-# handshake under ASan with the CPU busy. wssoak allows 0.25 s; it is told
-# a handshake_timeout this much shorter.
-LOOP_LAG = 1.0
 WRITE_TIMEOUT = 5          # s: clients that stop reading are cut after this
 MAX_PAYLOAD_K = 288        # KiB: above the largest good message (256 KiB)
 MPS = 40                   # messages_per_second (= message_burst)
@@ -335,7 +327,7 @@ listen = 127.0.0.1:0
                "-c", str(a.sessions), "--ca", str(self.cert),
                "--jwt-secret-file", str(self.secret), "--origin", ORIGIN,
                "--max-payload", "%dk" % MAX_PAYLOAD_K, "--mps", str(MPS),
-               "--handshake-timeout", str(HANDSHAKE_TIMEOUT - LOOP_LAG),
+               "--handshake-timeout", str(HANDSHAKE_TIMEOUT),
                "--write-timeout", str(WRITE_TIMEOUT),
                "--rate", str(a.rate), "--lifetime", str(a.lifetime),
                "--records", str(self.records)]
