@@ -127,12 +127,6 @@ int ws_close_code_ok(unsigned code);
  * it twice restores the data. */
 void ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t offset);
 
-/* The fast path for a client's text payload: for the longest prefix of
- * p[0..n) whose bytes, unmasked with `from`, are ASCII, re-mask them
- * with `to` in one pass (ASCII is valid UTF-8 between code points, so
- * a UTF-8 state of UTF8_ACCEPT stays so). offset as for ws_mask. Returns
- * the length of that prefix; the rest is left untouched (still masked
- * with `from`). */
 /* Change p[0..n) from masked with `from` to masked with `to` in one XOR
  * pass ((x^a)^b = x^(a^b)); offset as for ws_mask. */
 void ws_remask(uint8_t *p, size_t n, const uint8_t from[4],
@@ -146,6 +140,12 @@ void ws_remask(uint8_t *p, size_t n, const uint8_t from[4],
 int ws_remask_all(uint8_t *p, size_t n, const uint8_t from[4],
                   const uint8_t to[4]);
 
+/* The general path for a client's text payload: for the longest prefix of
+ * p[0..n) whose bytes, unmasked with `from`, are ASCII, re-mask them
+ * with `to` in one pass (ASCII is valid UTF-8 between code points, so
+ * a UTF-8 state of UTF8_ACCEPT stays so). offset as for ws_mask. Returns
+ * the length of that prefix; the rest is left untouched (still masked
+ * with `from`). */
 size_t ws_remask_ascii(uint8_t *p, size_t n, const uint8_t from[4],
                        const uint8_t to[4], uint64_t offset);
 
