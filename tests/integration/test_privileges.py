@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import clean_env, wsguard_bin, write_ini
+from conftest import clean_env, wait_until, wsguard_bin, write_ini
 from helpers import connect, run
 
 USER = "wsguard-test"
@@ -51,6 +51,10 @@ def test_runs_as_the_user_after_binding(test_user, backend, wsguard_factory,
     os.chmod(certs.key, 0o644)
     os.chmod(certs.dir, 0o755)
     wsg = wsguard_factory(backend.url, SERVER_USER=USER)
+    # "listening on" (what the factory awaits) comes before the drop; the
+    # drop and the workers are done once "started" is logged
+    assert wait_until(lambda: " started: " in wsg.stderr_text(), 30), \
+        wsg.stderr_text()
     assert "running as user %s" % USER in wsg.stderr_text()
     uid, gid, groups = proc_ids(wsg.pid)
     assert uid == [test_user.pw_uid] * 4, uid
