@@ -82,6 +82,9 @@ struct hs {
     double be_started;          /* this connect attempt began */
     struct pmd_params pmd;      /* permessage-deflate, as agreed (the
                                    relay keeps them in its compressors) */
+    struct relay_z *z;          /* memory for its state, had before the
+                                   101 so that a lack of it is a 500;
+                                   the relay takes it */
 };
 
 struct conn {
@@ -95,6 +98,8 @@ struct conn {
     unsigned relayed : 1;       /* reached RELAY */
     unsigned logged : 1;
     unsigned parked : 1;        /* holds wait in the worker's table */
+    unsigned packed : 1;        /* path..jti share one allocation, which
+                                   starts at the first that is set */
     struct side cli, be;
     ev_timer timer;
     double started, phase_start;
@@ -147,6 +152,7 @@ hs_free(struct hs *h)
     if (h == NULL)
         return;
     checks_free(&h->k);
+    free(h->z);
     free(h->head);
     free(h->out);
     free(h->bhead);
@@ -231,6 +237,7 @@ static void
 conn_log(struct conn *c)
 {
     struct access_rec rec = {0};
+    char reason[RELAY_REASON_MAX];
 
     if (c->logged)
         return;
@@ -250,7 +257,8 @@ conn_log(struct conn *c)
     rec.status = c->relayed ? 0 : c->status;
     rec.close_code = c->relayed ? c->r.close_code : 0;
     rec.closed_by = c->relayed ? c->r.closed_by : NULL;
-    rec.reason = c->relayed ? c->r.reason : c->reason;
+    rec.reason = c->relayed ? relay_reason(&c->r, reason, sizeof reason)
+                            : c->reason;
     rec.bytes_in = c->r.up.bytes;
     rec.bytes_out = c->r.down.bytes;
     rec.msgs_in = c->r.up.msgs;
@@ -263,9 +271,9 @@ conn_log(struct conn *c)
          * up. wsguard deflates with the server's parameters and inflates
          * with the client's. */
         snprintf(dfl, sizeof dfl, "server_bits=%u client_bits=%u%s%s",
-                 c->r.zout.bits, c->r.zin.bits,
-                 c->r.zout.no_takeover ? " server_no_context_takeover" : "",
-                 c->r.zin.no_takeover ? " client_no_context_takeover" : "");
+                 c->r.z->out.bits, c->r.z->in.bits,
+                 c->r.z->out.no_takeover ? " server_no_context_takeover" : "",
+                 c->r.z->in.no_takeover ? " client_no_context_takeover" : "");
         rec.deflate = dfl;
     } else if (c->relayed && c->pmd_neg == PMD_NEG_MALFORMED) {
         rec.deflate = "malformed offer";
@@ -280,31 +288,55 @@ conn_log(struct conn *c)
     }
 }
 
-/* The log fields the checks produced outlive the handshake state. */
+static void
+conn_free_log_fields(struct conn *c)
+{
+    char **f[] = { &c->path, &c->origin, &c->sub, &c->jti };
+    int first = 1;
+
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        if (*f[i] != NULL && (!c->packed || first)) {
+            free(*f[i]);
+            first = 0;
+        }
+        *f[i] = NULL;
+    }
+    c->packed = 0;
+}
+
+/* The log fields the checks produced outlive the handshake state, in one
+ * allocation: a session keeps them to its end, and four small ones would
+ * cost four malloc headers each time. Without memory for it they are
+ * kept as they are. */
 static void
 conn_keep_log_fields(struct conn *c)
 {
     struct checks *k = &c->hs->k;
+    char **from[] = { &k->log_path, &k->origin, &k->sub, &k->jti };
+    char **to[] = { &c->path, &c->origin, &c->sub, &c->jti };
+    size_t len[sizeof from / sizeof from[0]], total = 0;
+    char *p;
 
-    if (k->log_path != NULL) {
-        free(c->path);
-        c->path = k->log_path;
-        k->log_path = NULL;
+    conn_free_log_fields(c);
+    for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
+        len[i] = *from[i] != NULL ? strlen(*from[i]) + 1 : 0;
+        total += len[i];
     }
-    if (k->origin != NULL) {
-        free(c->origin);
-        c->origin = k->origin;
-        k->origin = NULL;
-    }
-    if (k->sub != NULL) {
-        free(c->sub);
-        c->sub = k->sub;
-        k->sub = NULL;
-    }
-    if (k->jti != NULL) {
-        free(c->jti);
-        c->jti = k->jti;
-        k->jti = NULL;
+    if (total == 0)
+        return;
+    p = malloc(total);
+    c->packed = p != NULL;
+    for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
+        if (*from[i] == NULL)
+            continue;
+        if (p != NULL) {
+            *to[i] = memcpy(p, *from[i], len[i]);
+            p += len[i];
+            free(*from[i]);
+        } else {
+            *to[i] = *from[i];
+        }
+        *from[i] = NULL;
     }
 }
 
@@ -326,10 +358,7 @@ conn_free(struct conn *c)
         stats_sub(&c->rstat->active, 1);
     hs_free(c->hs);
     c->hs = NULL;
-    free(c->path);
-    free(c->origin);
-    free(c->sub);
-    free(c->jti);
+    conn_free_log_fields(c);
     if (c->cl.shared)
         cluster_release(&w->cw, &c->cl.key);
     client_release(&c->cl);
@@ -876,6 +905,7 @@ relay_begin(struct conn *c)
     const struct checks *k = &h->k;
     struct relay_setup s = {
         .pmd = c->pmd_neg > 0 ? &h->pmd : NULL,
+        .z = c->pmd_neg > 0 ? h->z : NULL,
         .cfg = cfg_of(c),
         .pol = c->pol,
         .cli = &c->cli,
@@ -894,6 +924,8 @@ relay_begin(struct conn *c)
     unsigned ev;
 
     relay_init(&c->r, &s);
+    if (s.z != NULL)
+        h->z = NULL;            /* the relay's now */
     c->relayed = 1;
     stats_add(&c->w->st.sessions, 1);
     if (c->pmd_neg > 0)
@@ -1009,6 +1041,11 @@ be_read_response(struct conn *c)
     if (c->pmd_neg == PMD_NEG_MALFORMED)
         log_info("%s: malformed Sec-WebSocket-Extensions: "
                  "permessage-deflate not agreed", c->cl.ip);
+    if (c->pmd_neg > 0 && h->z == NULL &&
+        (h->z = malloc(sizeof *h->z)) == NULL) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return;
+    }
     /* The echoed token entry can be as long as max_token_bytes. */
     size_t cap = 256 + PMD_RESPONSE_MAX + proto_len;
     free(h->out);

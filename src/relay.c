@@ -96,13 +96,14 @@ relay_init(struct relay *r, const struct relay_setup *s)
     dir_init(&r->up, &r->cli, &r->be, 1, p->max_payload);
     dir_init(&r->down, &r->be, &r->cli, 0, p->max_payload_backend);
     r->up.zmin = r->down.zmin = UINT64_MAX;
-    if (s->pmd != NULL) {
+    r->z = s->z;
+    if (s->pmd != NULL && s->z != NULL) {
         /* Nothing is allocated until a message needs it (pmd.h). */
         r->pmd = 1;
         r->up.msg.rsv1_ok = 1;
-        pmd_inflater_init(&r->zin, s->pmd, p->max_payload,
+        pmd_inflater_init(&r->z->in, s->pmd, p->max_payload,
                           (uint32_t)p->max_inflate_ratio);
-        pmd_deflater_init(&r->zout, s->pmd, (int)p->deflate_level);
+        pmd_deflater_init(&r->z->out, s->pmd, (int)p->deflate_level);
         r->down.zmin = p->deflate_min_size;
     }
     dir_fast_init(&r->up, p);
@@ -172,14 +173,43 @@ start_closing(struct relay *r)
     r->ev |= RELAY_CLOSING | RELAY_REARM;
 }
 
+/* The first end is the one on record; reason_of says whose protocol
+ * error reason names (0: reason is the whole text). */
 static void
-record_end(struct relay *r, int code, const char *by, const char *reason)
+record_end_of(struct relay *r, int code, const char *by, uint8_t reason_of,
+              const char *reason)
 {
     if (r->close_code == 0) {
         r->close_code = code;
         r->closed_by = by;
         r->reason = reason;
+        r->reason_of = reason_of;
     }
+}
+
+static void
+record_end(struct relay *r, int code, const char *by, const char *reason)
+{
+    record_end_of(r, code, by, 0, reason);
+}
+
+/* A reason with its sender in front, when it is a peer's protocol error
+ * ("client invalid UTF-8"): composed when it is said, so no session
+ * keeps a copy. */
+static const char *
+reason_text(uint8_t of, const char *reason, char *buf, size_t cap)
+{
+    if (of == 0 || reason == NULL)
+        return reason;
+    snprintf(buf, cap, "%s %s", of == REASON_OF_CLIENT ? "client" : "backend",
+             reason);
+    return buf;
+}
+
+const char *
+relay_reason(const struct relay *r, char *buf, size_t cap)
+{
+    return reason_text(r->reason_of, r->reason, buf, cap);
 }
 
 /* Nothing may be sent through d's ctl slot any more (or what waits
@@ -204,25 +234,53 @@ relay_drop(struct relay *r, struct peer *p, int code, const char *reason)
     p->io->eof = 1;
 }
 
-/* Put a close frame for d's destination in d's ctl slot. Toward a server
- * (the backend) frames are masked with a fresh key (RFC 6455 §5.3). */
+/* The bytes of d's ctl slot (wsguard's ping, then its close), written
+ * into out: made again from what the slot holds each time they are
+ * needed, so a session does not keep them. Returns their length. */
+static size_t
+ctl_bytes(const struct relay *r, const struct dir *d,
+          uint8_t out[RELAY_CTL_MAX])
+{
+    size_t n = 0;
+
+    if (d->ctl_ping) {
+        n = ws_write_header(out, 1, WS_OP_PING, NULL, sizeof r->ping_data);
+        memcpy(out + n, r->ping_data, sizeof r->ping_data);
+        n += sizeof r->ping_data;
+    }
+    if (d->ctl_close) {
+        char buf[RELAY_REASON_MAX];
+        n += ws_build_close(out + n, d->ctl_code,
+                            reason_text(d->ctl_reason_of, d->ctl_reason,
+                                        buf, sizeof buf),
+                            d->from_client ? d->ctl_key : NULL);
+    }
+    return n;
+}
+
+/* Where relay_tx_next() makes the ctl bytes: one per thread, as the
+ * bytes are written before the thread turns to another session. */
+static _Thread_local uint8_t ctl_out[RELAY_CTL_MAX];
+
+/* Put a close frame for d's destination in d's ctl slot (reason: static
+ * text, as reason_text() takes it). Toward a server (the backend) frames
+ * are masked with a fresh key (RFC 6455 §5.3). */
 static void
-dir_queue_close(struct relay *r, struct dir *d, int code, const char *reason)
+dir_queue_close(struct relay *r, struct dir *d, int code, uint8_t reason_of,
+                const char *reason)
 {
     /* One close per side: not after the peer's close went (or is going)
      * that way, not twice from wsguard. */
     if (d->dst->io->fd == -1 || d->dst->sent_close || d->ctl_close ||
         d->relayed_close)
         return;
-    uint8_t key[4];
-    const uint8_t *k = NULL;
-    if (d->from_client) {       /* toward the backend: masked */
-        rnd_take(r->rnd, key, 4);
-        k = key;
-    }
-    d->ctl_len += (uint16_t)ws_build_close(d->ctl + d->ctl_len,
-                                           (unsigned)code, reason, k);
+    if (d->from_client)         /* toward the backend: masked */
+        rnd_take(r->rnd, d->ctl_key, 4);
+    d->ctl_code = (uint16_t)code;
+    d->ctl_reason = reason;
+    d->ctl_reason_of = reason_of;
     d->ctl_close = 1;
+    d->ctl_len = (uint16_t)ctl_bytes(r, d, ctl_out);
 }
 
 /* wsguard's own ping to a silent client (server to client: unmasked).
@@ -235,11 +293,8 @@ relay_ping(struct relay *r)
     if (d->ctl_len || d->relayed_close || r->cli.io->fd == -1)
         return;
     rnd_take(r->rnd, r->ping_data, sizeof r->ping_data);
-    d->ctl_len = (uint16_t)ws_write_header(d->ctl, 1, WS_OP_PING, NULL,
-                                           sizeof r->ping_data);
-    memcpy(d->ctl + d->ctl_len, r->ping_data, sizeof r->ping_data);
-    d->ctl_len += sizeof r->ping_data;
     d->ctl_ping = 1;
+    d->ctl_len = (uint16_t)ctl_bytes(r, d, ctl_out);
     /* Until it is written (it may wait for the end of a frame the
      * backend is sending), neither another ping nor the pong timeout is
      * due: see relay_deadlines. */
@@ -284,20 +339,31 @@ flushed_events(struct relay *r)
 }
 
 static void
-fail(struct relay *r, int cli_code, int be_code, const char *reason,
-     const char *by)
+fail_of(struct relay *r, int cli_code, int be_code, uint8_t reason_of,
+        const char *reason, const char *by)
 {
+    char buf[RELAY_REASON_MAX];
+
     if (r->failing)
         return;
     r->failing = 1;
-    record_end(r, cli_code, by, reason);
-    log_debug("session %s: closing: %d %s", r->name, cli_code, reason);
+    record_end_of(r, cli_code, by, reason_of, reason);
+    log_debug("session %s: closing: %d %s", r->name, cli_code,
+              reason_text(reason_of, reason, buf, sizeof buf));
     dir_discard(&r->up);
     dir_discard(&r->down);
-    dir_queue_close(r, &r->down, cli_code, reason);  /* to the client */
-    dir_queue_close(r, &r->up, be_code, reason);     /* to the backend */
+    /* to the client, to the backend */
+    dir_queue_close(r, &r->down, cli_code, reason_of, reason);
+    dir_queue_close(r, &r->up, be_code, reason_of, reason);
     start_closing(r);
     r->ev |= RELAY_FLUSH;
+}
+
+static void
+fail(struct relay *r, int cli_code, int be_code, const char *reason,
+     const char *by)
+{
+    fail_of(r, cli_code, be_code, 0, reason, by);
 }
 
 unsigned
@@ -760,9 +826,9 @@ dir_zfeed(struct relay *r, struct dir *d, const uint8_t *p, size_t len,
             return done;
         }
         int res = d->from_client
-            ? pmd_inflate(&r->zin, p + done, len - done, &used, dst, cap,
+            ? pmd_inflate(&r->z->in, p + done, len - done, &used, dst, cap,
                           &prod)
-            : pmd_deflate(&r->zout, p + done, len - done, &used, dst, cap,
+            : pmd_deflate(&r->z->out, p + done, len - done, &used, dst, cap,
                           &prod);
         if (res > PMD_NEED_OUTPUT_SPACE) {
             *code = dir_zfail(d, res);
@@ -813,8 +879,8 @@ dir_zend(struct relay *r, struct dir *d)
             return code;
         }
         int res = d->from_client
-            ? pmd_inflate_end(&r->zin, dst, cap, &prod)
-            : pmd_deflate_end(&r->zout, dst, cap, &prod);
+            ? pmd_inflate_end(&r->z->in, dst, cap, &prod)
+            : pmd_deflate_end(&r->z->out, dst, cap, &prod);
         if (res > PMD_NEED_OUTPUT_SPACE)
             return dir_zfail(d, res);
         zcount(r, d, 0, prod);
@@ -1145,17 +1211,16 @@ dir_process(struct relay *r, struct dir *d)
     /* The backend is told the same code as the client, so the
      * application sees why the session ended (the reason text says whose
      * fault it was). */
-    snprintf(r->why_buf, sizeof r->why_buf, "%s %s",
-             d->from_client ? "client" : "backend",
-             d->why ? d->why : "protocol error");
+    const char *why = d->why ? d->why : "protocol error";
     enforced(r, d->zenf ? (enum enforce)(d->zenf - 1)
                 : code == WS_CLOSE_TOO_BIG ? ENF_PAYLOAD
                 : code == WS_CLOSE_POLICY ? (enum enforce)d->enf
                                           : ENF_PROTOCOL);
     if (d->from_client)
-        fail(r, code, code, r->why_buf, "wsguard");
+        fail_of(r, code, code, REASON_OF_CLIENT, why, "wsguard");
     else
-        fail(r, WS_CLOSE_BAD_GATEWAY, code, r->why_buf, "wsguard");
+        fail_of(r, WS_CLOSE_BAD_GATEWAY, code, REASON_OF_BACKEND, why,
+                "wsguard");
     /* What is left unparsed is dropped now, so a full buffer never stops
      * reading (the peer's close reply must still be seen). */
     if (d->b != NULL && d->mode == MODE_DISCARD)
@@ -1258,8 +1323,9 @@ relay_tx_next(struct relay *r, struct dir *d, size_t *len)
 
     OFR_CHECK(d);
     if (d->ctl_busy) {
+        ctl_bytes(r, d, ctl_out);
         *len = (size_t)(d->ctl_len - d->ctl_off);
-        return d->ctl + d->ctl_off;
+        return ctl_out + d->ctl_off;
     }
 again:
     b = d->b;
@@ -1300,8 +1366,9 @@ again:
     if (d->ctl_len && (d->mode == MODE_DISCARD || !d->in_frame ||
                        d->xform)) {
         d->ctl_busy = 1;        /* from here it must be finished first */
+        ctl_bytes(r, d, ctl_out);
         *len = (size_t)(d->ctl_len - d->ctl_off);
-        return d->ctl + d->ctl_off;
+        return ctl_out + d->ctl_off;
     }
     dir_tx_idle(r, d);
     *len = 0;
@@ -1559,13 +1626,14 @@ peer_vanished(struct relay *r, struct peer *gone)
         /* If it died inside a frame it was sending, that frame can not be
          * finished toward the client: cut, no close frame. */
         dir_discard(&r->down);
-        dir_queue_close(r, &r->down, code, r->reason);
+        dir_queue_close(r, &r->down, code, r->reason_of, r->reason);
         dir_flush(r, &r->down);
     } else {
         record_end(r, WS_CLOSE_ABNORMAL, "client", "client connection lost");
         dir_discard(&r->down);
         dir_discard(&r->up);
-        dir_queue_close(r, &r->up, WS_CLOSE_GOING_AWAY, r->reason);
+        dir_queue_close(r, &r->up, WS_CLOSE_GOING_AWAY, r->reason_of,
+                        r->reason);
         dir_flush(r, &r->up);
     }
     start_closing(r);
@@ -1669,6 +1737,10 @@ relay_release(struct relay *r)
     if (r->down.o != NULL)
         bufpool_put(r->bufs, r->down.o);
     r->up.o = r->down.o = NULL;
-    pmd_inflater_free(&r->zin);
-    pmd_deflater_free(&r->zout);
+    if (r->z != NULL) {
+        pmd_inflater_free(&r->z->in);
+        pmd_deflater_free(&r->z->out);
+        free(r->z);
+        r->z = NULL;
+    }
 }

@@ -43,6 +43,13 @@
  * (docs/performance.md). */
 #define RELAY_QUIET_MS 1000
 
+/* The payload of wsguard's own ping, random, to recognise its pong. */
+#define RELAY_PING_LEN 8
+
+/* The most a ctl slot holds: a ping (to the client: unmasked) and a
+ * close. */
+#define RELAY_CTL_MAX (2 + RELAY_PING_LEN + WS_MAX_CTL_FRAME)
+
 /* What an entry point reports (a bit set). */
 #define RELAY_REARM   0x1u      /* the next deadline may have moved */
 #define RELAY_CLOSING 0x2u      /* the close handshakes have begun */
@@ -91,9 +98,13 @@ struct dir {
     uint8_t nomem;              /* no buffer could be had: the session
                                    fails (1011) and this source is not
                                    read again (close_timeout ends it) */
-    uint16_t ctl_len, ctl_off;
-    uint8_t ctl[2 * (WS_MAX_HEADER + WS_MAX_CONTROL)];  /* a ping and a
-                                   close of wsguard's own, for dst */
+    /* The ctl slot: wsguard's own ping (to the client) and close for
+     * dst, kept as what makes them; relay_tx_next() makes the bytes. */
+    uint8_t ctl_reason_of;      /* of the close: see relay_reason() */
+    uint8_t ctl_key[4];         /* its masking key (toward the backend) */
+    uint16_t ctl_code;          /* its code */
+    uint16_t ctl_len, ctl_off;  /* bytes of the slot, written */
+    const char *ctl_reason;     /* static text */
     const char *why;            /* reason for the close code dir_parse
                                    returned, for the log */
     uint64_t bytes, msgs;       /* relayed in this direction */
@@ -130,8 +141,15 @@ struct dir {
     uint8_t fast_lim;           /* rate limits apply to its frames */
 };
 
+/* permessage-deflate's zlib state, in its own allocation: only sessions
+ * that agreed the extension carry it. */
+struct relay_z {
+    struct pmd_inflater in;     /* client -> backend */
+    struct pmd_deflater out;    /* backend -> client */
+};
+
 /* What a relay is made from. Pointers stay owned by the caller and must
- * outlive the relay. */
+ * outlive the relay, except z. */
 struct relay_setup {
     const struct config *cfg;   /* timeouts */
     const struct policy *pol;   /* [limits] */
@@ -145,6 +163,9 @@ struct relay_setup {
                                    1008; 0 = none */
     const struct pmd_params *pmd;   /* permessage-deflate agreed with the
                                    client; NULL = not */
+    struct relay_z *z;          /* with pmd: memory for its state (from
+                                   malloc; the relay owns it from
+                                   relay_init, relay_release frees it) */
 };
 
 struct relay {
@@ -162,7 +183,8 @@ struct relay {
     double ping_sent;           /* our last ping, when it was written;
                                    outstanding while > cli_rx */
     struct bucket b_msgs, b_bytes, b_ctl;   /* [limits] */
-    uint8_t ping_data[8];       /* its payload, to recognise the pong */
+    uint8_t ping_data[RELAY_PING_LEN];  /* its payload, to recognise
+                                   the pong */
     double held;                /* TLS record buffers may be held
                                    since (last read or ping), 0 = given
                                    back: see RELAY_QUIET_MS */
@@ -170,16 +192,25 @@ struct relay {
     uint8_t failing;            /* wsguard is ending the session */
     uint8_t closing;            /* the close handshakes have begun */
     uint8_t pmd;                /* permessage-deflate agreed */
-    struct pmd_inflater zin;    /* client -> backend */
-    struct pmd_deflater zout;   /* backend -> client */
+    struct relay_z *z;          /* when pmd */
     unsigned ev;                /* RELAY_* gathered for the caller */
 
     /* For the access log: how the session ended. */
     int close_code;
     const char *closed_by;      /* "client", "backend", "wsguard" */
-    const char *reason;
-    char why_buf[96];
+    const char *reason;         /* static text: see relay_reason() */
+    uint8_t reason_of;          /* 0, or REASON_OF_*: reason is that
+                                   peer's protocol error */
 };
+
+#define REASON_OF_CLIENT 1
+#define REASON_OF_BACKEND 2
+#define RELAY_REASON_MAX 96     /* room for relay_reason() */
+
+/* How the session ended, as the log and the close frames say it (NULL
+ * while it has not): r->reason, or "client "/"backend " and r->reason,
+ * composed into buf (cap bytes, RELAY_REASON_MAX is enough). */
+const char *relay_reason(const struct relay *r, char *buf, size_t cap);
 
 /* Set up the directions; nothing is read or written yet. */
 void relay_init(struct relay *r, const struct relay_setup *s);
@@ -201,7 +232,8 @@ unsigned relay_timeout(struct relay *r, double now);
 
 /* wsguard ends the session: close frames with cli_code to the client and
  * be_code to the backend, after what was validated; by and reason for
- * the log. Does nothing when it is already ending. */
+ * the log (static text: the close frames are made from it when they are
+ * written). Does nothing when it is already ending. */
 unsigned relay_fail(struct relay *r, int cli_code, int be_code,
                     const char *reason, const char *by, double now);
 

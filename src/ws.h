@@ -27,6 +27,8 @@
 
 #define WS_MAX_HEADER 14        /* 2 + 8 (64-bit length) + 4 (mask) */
 #define WS_MAX_CONTROL 125      /* RFC 6455 §5.5 */
+#define WS_MAX_CTL_FRAME (2 + 4 + WS_MAX_CONTROL)   /* a whole control
+                                   frame: short header, mask, payload */
 
 enum ws_opcode {
     WS_OP_CONT = 0x0,
@@ -157,7 +159,7 @@ size_t ws_write_header(uint8_t *out, int fin, int opcode,
 
 /*
  * Write a whole close frame (code, reason truncated to fit 125 bytes at a
- * UTF-8 boundary) into out, which has room for WS_MAX_HEADER + 125 bytes;
+ * UTF-8 boundary) into out, which has room for WS_MAX_CTL_FRAME bytes;
  * masked with key when key is not NULL. code 0 writes an empty close.
  * Returns the frame length.
  */

@@ -226,7 +226,7 @@ drain(struct harness *h, int i)
         h->seed ^= h->seed >> 17;
         h->seed ^= h->seed << 5;
         size_t n = 1 + h->seed % len;
-        int own = p >= d->ctl && p < d->ctl + sizeof d->ctl;
+        int own = d->ctl_busy;  /* set while ctl bytes are returned */
         struct watch *w = &h->out[i];
         for (size_t k = 0; k < n; k++) {
             uint8_t t = (uint8_t)own;
@@ -287,7 +287,7 @@ pong(struct harness *h)
         h->r.failing || h->r.up.mode != MODE_RELAY)
         return;
     size_t n = ws_write_header(f, 1, WS_OP_PONG, key, 8);
-    memcpy(f + n, h->r.ping_data, 8);
+    memcpy(f + n, h->r.ping_data, RELAY_PING_LEN);
     ws_mask(f + n, 8, key, 0);
     /* not fed to the model: wsguard must consume it */
     feed(h, 0, f, n + 8, 0);
@@ -449,7 +449,7 @@ pmd_drain_all(struct harness *h, struct pmd_h *z)
 {
     drain(h, 0);
     drain(h, 1);
-    CHECK(pmd_inflater_memory(&h->r.zin) + pmd_deflater_memory(&h->r.zout)
+    CHECK(pmd_inflater_memory(&h->r.z->in) + pmd_deflater_memory(&h->r.z->out)
           <= pmd_memory_bound(&z->prm));
     /* toward the backend: the model checks it (no RSV, max_payload) */
     if (h->out[0].rx.code != 0)
@@ -510,6 +510,7 @@ pmd_run(struct harness *h, const uint8_t *p, const uint8_t *end,
         .cfg = &h->cfg, .pol = &h->pol, .cli = &h->cli, .be = &h->be,
         .bufs = &h->bufs, .rnd = &h->rnd, .st = &h->st, .name = "fuzz",
         .started = h->now, .expiry = 0, .pmd = &z->prm,
+        .z = malloc(sizeof(struct relay_z)),
     };
     relay_init(&h->r, &s);
     (void)relay_start(&h->r, h->now, NULL, 0, NULL, 0);
@@ -611,7 +612,7 @@ pmd_run(struct harness *h, const uint8_t *p, const uint8_t *end,
               memcmp(h->out[0].data.p, z->expect.p, z->expect.n) == 0);
     }
     relay_release(&h->r);
-    CHECK(h->r.zin.z == NULL && h->r.zout.z == NULL);
+    CHECK(h->r.z == NULL);
     deflateEnd(&z->comp);
     inflateEnd(&z->dec);
     free(z->expect.p);

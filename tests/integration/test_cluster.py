@@ -956,8 +956,10 @@ def test_refused_while_releasing_leaves_no_phantom(backend, wsguard_factory, red
         waits0 = a.stderr_text().count("REQ_READ -> WAIT")
         x = raw_connect(a, timeout=15)       # TLS done before Redis pauses
 
-        sleeper = threading.Thread(target=lambda: redis.call("DEBUG", "SLEEP", "5"),
-                                   daemon=True)
+        def pause():    # its reply comes after 5 s: a longer timeout
+            with redis.client(timeout=30) as c:
+                c.call("DEBUG", "SLEEP", "5")
+        sleeper = threading.Thread(target=pause, daemon=True)
         sleeper.start()
 
         def asleep():
