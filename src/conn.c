@@ -304,12 +304,13 @@ conn_free_log_fields(struct conn *c)
     c->packed = 0;
 }
 
-/* The log fields the checks produced outlive the handshake state, in one
- * allocation: a session keeps them to its end, and four small ones would
- * cost four malloc headers each time. Without memory for it they are
- * kept as they are. */
+/* The log fields the checks produced outlive the handshake state. A
+ * session keeps them to its end, in one allocation (pack): four small
+ * ones would cost four malloc headers each time. Without memory for it,
+ * or for a connection that is ending anyway, they are kept as they are.
+ * They replace the ones kept before, if k has any. */
 static void
-conn_keep_log_fields(struct conn *c)
+conn_keep_log_fields(struct conn *c, int pack)
 {
     struct checks *k = &c->hs->k;
     char **from[] = { &k->log_path, &k->origin, &k->sub, &k->jti };
@@ -317,14 +318,14 @@ conn_keep_log_fields(struct conn *c)
     size_t len[sizeof from / sizeof from[0]], total = 0;
     char *p;
 
-    conn_free_log_fields(c);
     for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
         len[i] = *from[i] != NULL ? strlen(*from[i]) + 1 : 0;
         total += len[i];
     }
     if (total == 0)
-        return;
-    p = malloc(total);
+        return;                 /* (kept already) */
+    conn_free_log_fields(c);
+    p = pack ? malloc(total) : NULL;
     c->packed = p != NULL;
     for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
         if (*from[i] == NULL)
@@ -346,7 +347,7 @@ conn_free(struct conn *c)
     struct worker *w = c->w;
 
     if (c->hs != NULL)
-        conn_keep_log_fields(c);
+        conn_keep_log_fields(c, 0);
     conn_log(c);
     side_close(&c->cli);
     side_close(&c->be);
@@ -935,7 +936,7 @@ relay_begin(struct conn *c)
         stats_add(&c->rstat->active, 1);
         stats_add(&c->rstat->sessions, 1);
     }
-    conn_keep_log_fields(c);
+    conn_keep_log_fields(c, 1);
     conn_set_state(c, CS_RELAY);
     ev = 0;
     if (c->w->drain_expired) {

@@ -96,8 +96,11 @@ relay_init(struct relay *r, const struct relay_setup *s)
     dir_init(&r->up, &r->cli, &r->be, 1, p->max_payload);
     dir_init(&r->down, &r->be, &r->cli, 0, p->max_payload_backend);
     r->up.zmin = r->down.zmin = UINT64_MAX;
-    r->z = s->z;
-    if (s->pmd != NULL && s->z != NULL) {
+    if (s->pmd == NULL)
+        free(s->z);             /* (owned from here either way) */
+    else
+        r->z = s->z;
+    if (r->z != NULL) {
         /* Nothing is allocated until a message needs it (pmd.h). */
         r->pmd = 1;
         r->up.msg.rsv1_ok = 1;
@@ -261,6 +264,24 @@ ctl_bytes(const struct relay *r, const struct dir *d,
 /* Where relay_tx_next() makes the ctl bytes: one per thread, as the
  * bytes are written before the thread turns to another session. */
 static _Thread_local uint8_t ctl_out[RELAY_CTL_MAX];
+
+/* They are the same bytes every time (checked in the sanitizer and fuzz
+ * builds, like OFR_CHECK): a partial write goes on where it stopped. */
+static const uint8_t *
+ctl_next(const struct relay *r, const struct dir *d, size_t *len)
+{
+    size_t n = ctl_bytes(r, d, ctl_out);
+
+#if defined(WSGUARD_CHECKS) || defined(__SANITIZE_ADDRESS__) \
+    || defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
+    if (n != d->ctl_len || d->ctl_off >= n)
+        abort();
+#else
+    (void)n;
+#endif
+    *len = (size_t)(d->ctl_len - d->ctl_off);
+    return ctl_out + d->ctl_off;
+}
 
 /* Put a close frame for d's destination in d's ctl slot (reason: static
  * text, as reason_text() takes it). Toward a server (the backend) frames
@@ -1322,11 +1343,8 @@ relay_tx_next(struct relay *r, struct dir *d, size_t *len)
     struct buf *b;
 
     OFR_CHECK(d);
-    if (d->ctl_busy) {
-        ctl_bytes(r, d, ctl_out);
-        *len = (size_t)(d->ctl_len - d->ctl_off);
-        return ctl_out + d->ctl_off;
-    }
+    if (d->ctl_busy)
+        return ctl_next(r, d, len);
 again:
     b = d->b;
     if (b != NULL && b->pos < b->parsed) {
@@ -1366,9 +1384,7 @@ again:
     if (d->ctl_len && (d->mode == MODE_DISCARD || !d->in_frame ||
                        d->xform)) {
         d->ctl_busy = 1;        /* from here it must be finished first */
-        ctl_bytes(r, d, ctl_out);
-        *len = (size_t)(d->ctl_len - d->ctl_off);
-        return ctl_out + d->ctl_off;
+        return ctl_next(r, d, len);
     }
     dir_tx_idle(r, d);
     *len = 0;

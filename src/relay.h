@@ -163,9 +163,10 @@ struct relay_setup {
                                    1008; 0 = none */
     const struct pmd_params *pmd;   /* permessage-deflate agreed with the
                                    client; NULL = not */
-    struct relay_z *z;          /* with pmd: memory for its state (from
-                                   malloc; the relay owns it from
-                                   relay_init, relay_release frees it) */
+    struct relay_z *z;          /* memory for pmd's state, required with
+                                   pmd (from malloc; the relay owns it
+                                   from relay_init, which frees it at
+                                   once without pmd) */
 };
 
 struct relay {
@@ -188,7 +189,7 @@ struct relay {
     double held;                /* TLS record buffers may be held
                                    since (last read or ping), 0 = given
                                    back: see RELAY_QUIET_MS */
-    uint8_t ping_queued;        /* a ping waits in down.ctl */
+    uint8_t ping_queued;        /* a ping waits in down's ctl slot */
     uint8_t failing;            /* wsguard is ending the session */
     uint8_t closing;            /* the close handshakes have begun */
     uint8_t pmd;                /* permessage-deflate agreed */

@@ -512,6 +512,7 @@ pmd_run(struct harness *h, const uint8_t *p, const uint8_t *end,
         .started = h->now, .expiry = 0, .pmd = &z->prm,
         .z = malloc(sizeof(struct relay_z)),
     };
+    CHECK(s.z != NULL);
     relay_init(&h->r, &s);
     (void)relay_start(&h->r, h->now, NULL, 0, NULL, 0);
 
