@@ -860,7 +860,7 @@ be_connected(struct conn *c)
     runtime_backend_result(c->rt, h->be_addr, 0);
     const struct backend_addr *be = h->be_addr;
     struct upgrade_fwd f = {0};
-    upgrade_new_key(h->be_key);
+    upgrade_new_key(&c->w->rnd, h->be_key);
     f.backend = be;
     f.target = k->target ? k->target : k->req.target;
     f.target_len = k->target ? k->target_len : k->req.target_len;

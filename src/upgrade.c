@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 /* RFC 6455 §1.3 */
 static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -629,6 +630,24 @@ upgrade_client_response(char *out, size_t cap, const char *client_key,
     return writer_result(&w);
 }
 
+/* SHA-1, fetched once: EVP_sha1() makes OpenSSL 3 look the algorithm
+ * up again on every EVP_DigestInit_ex (two per upgrade). */
+static EVP_MD *sha1_md;
+static pthread_once_t sha1_once = PTHREAD_ONCE_INIT;
+
+static void
+sha1_fetch(void)
+{
+    sha1_md = EVP_MD_fetch(NULL, "SHA1", NULL);
+}
+
+static const EVP_MD *
+sha1(void)
+{
+    pthread_once(&sha1_once, sha1_fetch);
+    return sha1_md != NULL ? sha1_md : EVP_sha1();
+}
+
 int
 upgrade_accept(const char *key, size_t key_len, char out[29])
 {
@@ -639,7 +658,7 @@ upgrade_accept(const char *key, size_t key_len, char out[29])
 
     /* Streamed rather than concatenated, so any key length is fine. */
     ok = ctx != NULL && key != NULL &&
-         EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 &&
+         EVP_DigestInit_ex(ctx, sha1(), NULL) == 1 &&
          EVP_DigestUpdate(ctx, key, key_len) == 1 &&
          EVP_DigestUpdate(ctx, ws_guid, sizeof ws_guid - 1) == 1 &&
          EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == 20;
@@ -656,15 +675,14 @@ upgrade_accept(const char *key, size_t key_len, char out[29])
 }
 
 void
-upgrade_new_key(char out[25])
+upgrade_new_key(struct rnd *rnd, char out[25])
 {
     unsigned char raw[16];
 
-    /* RFC 6455 §4.1 asks for a randomly selected nonce. RAND_bytes only
-     * fails when the CSPRNG cannot be seeded, and then nothing this
-     * process does with TLS is safe either. */
-    if (RAND_bytes(raw, sizeof raw) != 1)
-        abort();
+    /* RFC 6455 §4.1 asks for a randomly selected nonce: from the pool
+     * the masking keys come from (the CSPRNG in 4 KiB draws), instead of
+     * one RAND_bytes call per upgrade. */
+    rnd_take(rnd, raw, sizeof raw);
     EVP_EncodeBlock((unsigned char *)out, raw, sizeof raw);
     out[24] = '\0';
 }

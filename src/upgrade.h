@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "rnd.h"
 
 #define UPGRADE_KEY_LEN 24      /* base64 of 16 bytes */
 #define UPGRADE_ACCEPT_LEN 28   /* base64 of a SHA-1 */
@@ -134,8 +135,9 @@ int upgrade_client_response(char *out, size_t cap, const char *client_key,
  * or -1 (out = "") when the digest could not be computed (no memory). */
 int upgrade_accept(const char *key, size_t key_len, char out[29]);
 
-/* A fresh random Sec-WebSocket-Key, NUL-terminated (25 bytes). */
-void upgrade_new_key(char out[25]);
+/* A fresh random Sec-WebSocket-Key from rnd, NUL-terminated (25
+ * bytes). */
+void upgrade_new_key(struct rnd *rnd, char out[25]);
 
 /*
  * Write a complete refusal response: "HTTP/1.1 <status> <reason phrase>",

@@ -317,9 +317,12 @@ test_new_key(void **state)
     const char *why;
     int n;
 
+    struct rnd rnd;
+
     (void)state;
-    upgrade_new_key(a);
-    upgrade_new_key(b);
+    rnd_init(&rnd, NULL);
+    upgrade_new_key(&rnd, a);
+    upgrade_new_key(&rnd, b);
     assert_int_equal(strlen(a), UPGRADE_KEY_LEN);
     assert_string_not_equal(a, b);
     /* our own keys pass our own client check */
