@@ -266,7 +266,7 @@ conn_log(struct conn *c)
     rec.duration_ms = (uint64_t)((now_of(c) - c->started) * 1000);
     rec.tls_version = c->tls_version;
     char dfl[96];
-    if (c->relayed && c->r.pmd) {
+    if (c->relayed && c->r.z != NULL) {
         /* What was agreed, compactly: windows, then the takeovers given
          * up. wsguard deflates with the server's parameters and inflates
          * with the client's. */

@@ -164,11 +164,6 @@ step_path(struct checks *k)
                                     k->rt->nredact, lp + n + 1, qlen + 1);
         lp[n] = m > 0 ? '?' : '\0';
     }
-    /* It lives as long as the session, and the token it left out is
-     * most of a browser's target: keep only what is used. */
-    char *fit = realloc(lp, strlen(lp) + 1);
-    if (fit != NULL)
-        lp = fit;
     free(k->log_path);
     k->log_path = lp;
     return CHECK_PASS;

@@ -102,7 +102,6 @@ relay_init(struct relay *r, const struct relay_setup *s)
         r->z = s->z;
     if (r->z != NULL) {
         /* Nothing is allocated until a message needs it (pmd.h). */
-        r->pmd = 1;
         r->up.msg.rsv1_ok = 1;
         pmd_inflater_init(&r->z->in, s->pmd, p->max_payload,
                           (uint32_t)p->max_inflate_ratio);

@@ -192,8 +192,8 @@ struct relay {
     uint8_t ping_queued;        /* a ping waits in down's ctl slot */
     uint8_t failing;            /* wsguard is ending the session */
     uint8_t closing;            /* the close handshakes have begun */
-    uint8_t pmd;                /* permessage-deflate agreed */
-    struct relay_z *z;          /* when pmd */
+    struct relay_z *z;          /* permessage-deflate agreed: its state;
+                                   NULL = not agreed */
     unsigned ev;                /* RELAY_* gathered for the caller */
 
     /* For the access log: how the session ended. */

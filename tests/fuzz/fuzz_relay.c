@@ -281,16 +281,16 @@ static void
 pong(struct harness *h)
 {
     const struct rx *m = &h->in[0].rx;
-    uint8_t f[2 + 4 + 8], key[4] = { 0x12, 0x34, 0x56, 0x78 };
+    uint8_t f[2 + 4 + RELAY_PING_LEN], key[4] = { 0x12, 0x34, 0x56, 0x78 };
 
     if (h->r.ping_sent <= 0 || m->done || m->in_payload || m->spill_n ||
         h->r.failing || h->r.up.mode != MODE_RELAY)
         return;
-    size_t n = ws_write_header(f, 1, WS_OP_PONG, key, 8);
+    size_t n = ws_write_header(f, 1, WS_OP_PONG, key, RELAY_PING_LEN);
     memcpy(f + n, h->r.ping_data, RELAY_PING_LEN);
-    ws_mask(f + n, 8, key, 0);
+    ws_mask(f + n, RELAY_PING_LEN, key, 0);
     /* not fed to the model: wsguard must consume it */
-    feed(h, 0, f, n + 8, 0);
+    feed(h, 0, f, n + RELAY_PING_LEN, 0);
     CHECK(h->r.ping_sent == 0);
 }
 

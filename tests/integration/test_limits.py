@@ -110,6 +110,11 @@ def test_max_payload_over_refused_at_header(raw_backend_factory, wsguard_factory
     assert_closed_with(wsg, res, 1009, "too big")
     close = rb.wait(lambda e: e["event"] == "close", timeout=5)
     assert close["code"] == 1009, close
+    # whose fault it was, in the same words to the client, the backend
+    # and the log
+    assert res.reason == "client message too big", res
+    assert close["reason"] == "client message too big", close
+    assert session_log(wsg)["reason"] == "client message too big"
     data = rb.data_frames()
     assert [(f["opcode"], f["len"]) for f in data] == [(OP_TEXT, 2)], data
 
@@ -171,6 +176,10 @@ def test_max_payload_backend(backend, wsguard_factory):
     log = session_log(wsg)
     assert log["close_code"] == 1014, log
     assert "backend" in (log.get("reason") or ""), log
+    # the same words to both sides and in the log
+    assert res.reason == "backend message too big", res
+    assert rec["reason"] == "backend message too big", rec
+    assert log["reason"] == "backend message too big", log
     assert [m["len"] for m in backend.messages()] == [1024, 1025]
 
 

@@ -316,7 +316,6 @@ test_new_key(void **state)
     struct upgrade_req u;
     const char *why;
     int n;
-
     struct rnd rnd;
 
     (void)state;
