@@ -246,11 +246,31 @@ stop_target() {
 
 # run_lg LABEL ARGS...: runs the load generator pinned to LG_CPU, appends
 # "scenario target rep key=value..." to raw.log.
+# side_sample: the measured proxy's read/write syscalls so far (/proc/PID/io)
+# and the echo backend's CPU ticks (utime+stime), for the whole run of the
+# load generator (warm-up and set-up included), so as rates per second.
+side_sample() {
+    local io; io=$(awk '/^syscr:/ {r=$2} /^syscw:/ {w=$2} END {print r+0, w+0}'         "/proc/${MPID:-0}/io" 2>/dev/null || echo "0 0")
+    local et; et=$(awk '{print $14 + $15}' "/proc/${ECHO_PID:-0}/stat" 2>/dev/null || echo 0)
+    local eio; eio=$(awk '/^syscr:/ {r=$2} /^syscw:/ {w=$2} END {print r+0, w+0}' \
+        "/proc/${ECHO_PID:-0}/io" 2>/dev/null || echo "0 0")
+    echo "$io $et $(date +%s.%N) $eio"
+}
+
 run_lg() {
     local label=$1; shift
-    local out
+    local out s0 s1 extra
+    s0=$(side_sample)
     out=$(taskset -c "$LG_CPU" "$WSBENCH" "$@" 2>>"$TMP/wsbench.err")
+    s1=$(side_sample)
     [ -n "$out" ] || out="errors=1 last_error=no_output"
+    # per second of the whole run: proxy reads and writes, echo CPU share
+    extra=$(awk -v a="$s0" -v b="$s1" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); t = y[4] - x[4]; if (t <= 0) t = 1
+        printf "proxy_reads_s=%.0f proxy_writes_s=%.0f echo_cpu_util=%.3f echo_reads_s=%.0f echo_writes_s=%.0f",
+            (y[1] - x[1]) / t, (y[2] - x[2]) / t, (y[3] - x[3]) / hz / t,
+            (y[5] - x[5]) / t, (y[6] - x[6]) / t }')
+    out="$out $extra"
     echo "$label $out" >> "$RAW"
     log "  $label: $(tr ' ' '\n' <<<"$out" | grep -E '^(msg_s|mb_s|p99_us|msg_per_cpu_s|hs_s|hs_per_cpu_s|sessions|rss_per_session_kb|errors|proxy_cpu_util)=' | tr '\n' ' ')"
 }

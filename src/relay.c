@@ -1671,14 +1671,19 @@ relay_settle(struct relay *r, double now)
             !p->kill) {
             /* The close handshake with it is complete. RFC 6455 §7.1.1:
              * the server closes the TCP connection first, so the client
-             * leg is closed at once (browsers wait for it). A client that
-             * broke the protocol may still be sending: closing with unread
-             * input would reset the connection and could destroy the
-             * close frame before it reads it, so it lingers like the
-             * backend leg, toward which wsguard is the client: send our
-             * end of the stream and read until the peer closes, bounded
-             * by close_timeout. */
-            if (p == &r->cli && !p->broke) {
+             * leg is closed at once (browsers wait for it), and on the
+             * backend leg, where wsguard is the client, the backend
+             * closes first: wsguard reads until its EOF, bounded by
+             * close_timeout. The backend then holds the TIME_WAIT state,
+             * not wsguard, whose connections to one backend address would
+             * otherwise hold an ephemeral port each for a minute. A peer
+             * that broke the protocol may still be sending: closing with
+             * unread input would reset the connection and could destroy
+             * the close frame before it reads it, so our end of the
+             * stream is shut and it gets until close_timeout to close. */
+            if (!p->broke) {
+                if (p == &r->be)
+                    continue;
                 side_close(s);
                 dir_flush(r, out);
                 continue;

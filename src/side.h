@@ -39,13 +39,18 @@ struct side {
     unsigned hs_wants_wr : 1;   /* the TLS handshake waits for writability */
     unsigned full_stop : 1;     /* reading stopped on a full buffer: look
                                    inside TLS when it resumes */
+    unsigned hs_open : 1;       /* server TLS handshake not finished: its
+                                   ticket may wait for the next write */
     const char *hs_fail;        /* static reason when the TLS handshake
                                    failed over the client's certificate
                                    (tls_failure()), else NULL */
 };
 
 /* Take fd (non-blocking) on loop; with tls (not NULL), as the server
- * side of a TLS session from that context (freed by side_close). The
+ * side of a TLS session from that context (freed by side_close). A TLS
+ * 1.3 session ticket, written as the handshake completes, is handed to
+ * the kernel with MSG_MORE: it leaves in the same segment as the next
+ * bytes written (the 101 or the refusal), or with the FIN. The
  * watchers must already be initialised with ev_io_init (any fd: it is
  * set here). Returns 0, or -1 when the TLS session could not be made
  * (the fd is still the side's: side_close() closes it). */

@@ -325,20 +325,34 @@ def backend(backend_factory):
     return backend_factory()
 
 
-@pytest.fixture
-def raw_backend_factory():
-    """RawBackend (limitstools.py): a raw recording/echo backend."""
-    from limitstools import RawBackend
+def _stopping(make):
+    """A factory of make(...) whose products are all stopped afterwards
+    (a generator for a yield fixture)."""
     made = []
 
-    def factory(mode="echo", **kw):
-        b = RawBackend(mode, **kw)
+    def factory(*args, **kw):
+        b = make(*args, **kw)
         made.append(b)
         return b
 
     yield factory
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def raw_backend_factory():
+    """RawBackend (limitstools.py): a raw recording/echo backend."""
+    from limitstools import RawBackend
+    yield from _stopping(RawBackend)
+
+
+@pytest.fixture
+def script_backend():
+    """ScriptBackend (regresstools.py): answers the upgrade with 101, then
+    runs script(sock) on the backend connection."""
+    from regresstools import ScriptBackend
+    yield from _stopping(ScriptBackend)
 
 
 # --------------------------------------------------------------------------

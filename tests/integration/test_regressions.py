@@ -19,23 +19,9 @@ import pytest
 import rawws
 from conftest import wait_until
 from limitstools import cpu_seconds
-from regresstools import (OP_BINARY, OP_PING, ScriptBackend,
+from regresstools import (OP_BINARY, OP_PING,
                           hold_open, is_listening, raw_connect, server_frame,
                           split_frames, tcp_queues)
-
-
-@pytest.fixture
-def script_backend():
-    made = []
-
-    def factory(script, **kw):
-        b = ScriptBackend(script, **kw)
-        made.append(b)
-        return b
-
-    yield factory
-    for b in made:
-        b.stop()
 
 
 # --------------------------------------------------------------------------

@@ -5,11 +5,17 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
+import threading
+import time
 
 import pytest
 import websockets
 
+from conftest import wait_until
 from helpers import connect, run
+from limitstools import _unmask, server_frame
+from regresstools import raw_connect, tcp_queues
 
 MiB = 1 << 20
 SIZES = [0, 1, 125, 126, 65535, 65536, MiB, 16 * MiB]
@@ -264,3 +270,106 @@ def test_backend_messages_and_close_reach_client(backend, wsguard):
     assert run(go(), 30) == (1000, "done")
     rec = wsguard.wait_access(lambda r: r.get("event") == "session")
     assert rec["close_code"] == 1000
+
+
+# --------------------------------------------------------------------------
+# The backend leg after the close handshake. wsguard is the backend's
+# client, and RFC 6455 §7.1.1 has the server close the TCP connection
+# first: wsguard waits for the backend's FIN (bounded by close_timeout),
+# so the backend, not wsguard, holds the TIME_WAIT state. wsguard opens
+# every backend connection to the same address: a minute of TIME_WAIT per
+# session on its side would use up its ephemeral ports.
+
+TCP_TIME_WAIT = 0x06
+HOLD = 1.5      # the backend's pause between its close reply and its FIN
+
+
+def _read_close(sock, timeout=10.0):
+    """Read wsguard's frames to the backend until its (masked) close frame;
+    return that frame's payload, unmasked."""
+    sock.settimeout(timeout)
+    buf = b""
+    while True:
+        if len(buf) >= 2:
+            n = buf[1] & 0x7F
+            assert buf[1] & 0x80 and n < 126, buf[:16]
+            if len(buf) >= 6 + n:
+                if buf[0] & 0x0F == 0x8:
+                    return _unmask(buf[6:6 + n], buf[2:6])
+                buf = buf[6 + n:]
+                continue
+        d = sock.recv(4096)
+        if not d:
+            raise EOFError("wsguard closed before its close frame")
+        buf += d
+
+
+def _close_script(rec, done, hold):
+    """Answer wsguard's close frame, then see whether wsguard's FIN comes
+    within hold seconds; then close (hold > 0), or wait for wsguard to."""
+    def script(sock):
+        try:
+            rec["wsguard_port"] = sock.getpeername()[1]
+            payload = _read_close(sock)
+            sock.sendall(server_frame(0x8, payload))
+            t0 = time.monotonic()
+            sock.settimeout(hold if hold > 0 else 30.0)
+            try:
+                rec["early"] = sock.recv(1)      # b"": wsguard's FIN
+            except socket.timeout:
+                rec["early"] = None
+            rec["waited"] = time.monotonic() - t0
+            if rec["early"] is None:
+                sock.shutdown(socket.SHUT_WR)    # the backend closes first
+                sock.settimeout(20.0)
+                rec["after"] = sock.recv(1)
+            sock.close()
+        except Exception as e:      # noqa: BLE001 - reported by the test
+            rec["error"] = e
+        finally:
+            done.set()
+    return script
+
+
+def _close_through(script_backend, wsguard_factory, hold, close_timeout):
+    """A session whose client closes it; returns what the backend's
+    script saw, once it is done, and the backend and wsguard."""
+    rec, done = {}, threading.Event()
+    be = script_backend(_close_script(rec, done, hold))
+    wsg = wsguard_factory(be.url, SERVER_CLOSE_TIMEOUT=close_timeout,
+                          SERVER_IDLE_TIMEOUT="0")
+    ws = raw_connect(wsg)
+    try:
+        ws.send_close(1000, b"bye")
+        res = ws.expect_close(timeout=10)
+        assert res.code == 1000 and res.tcp_closed, res
+    finally:
+        ws.close()
+    assert done.wait(40), rec
+    assert "error" not in rec, rec
+    return rec, be, wsg
+
+
+def test_backend_closes_first_and_keeps_time_wait(script_backend, wsguard_factory):
+    rec, be, wsg = _close_through(script_backend, wsguard_factory, HOLD, "60s")
+    assert rec["early"] is None, \
+        "wsguard closed the backend connection %.2f s after the close handshake, " \
+        "before the backend did" % rec["waited"]
+    assert rec["after"] == b"", "wsguard did not close after the backend's FIN: %r" % rec
+    # wsguard's end is gone; the backend's end holds TIME_WAIT
+    assert wait_until(lambda: tcp_queues(rec["wsguard_port"], be.port) is None, 10), \
+        tcp_queues(rec["wsguard_port"], be.port)
+    st = tcp_queues(be.port, rec["wsguard_port"])
+    assert st is not None and st[2] == TCP_TIME_WAIT, st
+    assert wait_until(lambda: any(r.get("event") == "session" for r in wsg.access_log()), 10)
+
+
+def test_backend_that_never_closes_is_closed_after_close_timeout(script_backend,
+                                                                 wsguard_factory):
+    rec, _, wsg = _close_through(script_backend, wsguard_factory, 0, "1s")
+    assert rec["early"] == b"", "wsguard never closed the backend connection: %r" % rec
+    # not before close_timeout (1 s, counted from the client's close frame,
+    # which came before the backend's reply)
+    assert rec["waited"] > 0.7, "closed %.2f s after the close handshake" % rec["waited"]
+    session = wait_until(lambda: [r for r in wsg.access_log() if r.get("event") == "session"], 10)
+    assert session, wsg.access_log()
