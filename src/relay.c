@@ -151,13 +151,23 @@ close_deadline(const struct relay *r)
     return r->closing_since + units_seconds(t ? t : 1);
 }
 
+/* After the close handshake with the backend, the time it is given to
+ * close its TCP connection first: a tenth of close_timeout. */
+static double
+backend_fin_grace(const struct relay *r)
+{
+    return units_seconds(r->cfg->close_timeout_ms) / 10;
+}
+
 double
 relay_deadline(const struct relay *r)
 {
     double t[DL_COUNT];
 
-    if (r->closing)
-        return close_deadline(r);
+    if (r->closing) {
+        double d = close_deadline(r);
+        return r->be_fin_by > 0 && r->be_fin_by < d ? r->be_fin_by : d;
+    }
     relay_deadlines(r, t);
     return deadline_next(t);
 }
@@ -1560,6 +1570,12 @@ tick(struct relay *r)
 
     r->ev |= RELAY_REARM;
     if (r->closing) {
+        if (r->be_fin_by > 0 && r->now + 0.0005 >= r->be_fin_by) {
+            /* The backend did not close first: shut our end and read
+             * until it closes, bounded by close_timeout. */
+            r->be_fin_by = 0;
+            side_shutdown(r->be.io);
+        }
         if (r->now + 0.0005 >= close_deadline(r)) {
             if (r->reason == NULL)
                 r->reason = "close timeout";
@@ -1671,24 +1687,26 @@ relay_settle(struct relay *r, double now)
             !p->kill) {
             /* The close handshake with it is complete. RFC 6455 §7.1.1:
              * the server closes the TCP connection first, so the client
-             * leg is closed at once (browsers wait for it), and on the
-             * backend leg, where wsguard is the client, the backend
-             * closes first: wsguard reads until its EOF, bounded by
-             * close_timeout. The backend then holds the TIME_WAIT state,
-             * not wsguard, whose connections to one backend address would
-             * otherwise hold an ephemeral port each for a minute. A peer
-             * that broke the protocol may still be sending: closing with
-             * unread input would reset the connection and could destroy
-             * the close frame before it reads it, so our end of the
-             * stream is shut and it gets until close_timeout to close. */
-            if (!p->broke) {
-                if (p == &r->be)
-                    continue;
+             * leg is closed at once (browsers wait for it). On the
+             * backend leg wsguard is the client: the backend is given a
+             * tenth of close_timeout to close first (it then holds the
+             * TIME_WAIT state, not wsguard, whose connections to one
+             * backend address would otherwise hold an ephemeral port
+             * each for a minute); after that, tick() shuts our end. A
+             * peer that broke the protocol may still be sending: closing
+             * with unread input would reset the connection and could
+             * destroy the close frame before it reads it, so our end of
+             * the stream is shut at once and it gets until close_timeout
+             * to close. */
+            if (p == &r->cli && !p->broke) {
                 side_close(s);
                 dir_flush(r, out);
-                continue;
+            } else if (p->broke) {
+                side_shutdown(s);
+            } else if (r->be_fin_by == 0) {
+                r->be_fin_by = r->now + backend_fin_grace(r);
+                r->ev |= RELAY_REARM;
             }
-            side_shutdown(s);
             continue;
         }
         int done = s->eof || (p->kill && !relay_dir_pending(out));

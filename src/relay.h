@@ -180,6 +180,8 @@ struct relay {
     const char *name;
     double now;                 /* of the current entry point */
     double started, last_activity, closing_since, expiry;
+    double be_fin_by;           /* the backend is given until then to
+                                   close first (0 = not waiting) */
     double cli_rx;              /* last byte from the client */
     double ping_sent;           /* our last ping, when it was written;
                                    outstanding while > cli_rx */

@@ -23,10 +23,13 @@
  * 1.3 session ticket that the server writes as its handshake completes
  * goes with MSG_MORE. The kernel then keeps it until the next write (the
  * 101, or the refusal) and sends both in one segment: one transmit and
- * one wake-up of the client fewer per connection. Corked bytes also
- * leave with the FIN, or after about 200 ms (the kernel's probe timer),
- * and the client needs the ticket only for its next connection. Reads
- * keep OpenSSL's socket BIO.
+ * one wake-up of the client fewer per connection. Held bytes also
+ * leave with the FIN, with any segment that takes the kernel's slow path,
+ * or when its zero-window probe timer fires (the larger of the RTO and
+ * 200 ms: 200 ms on loopback). The client needs the ticket only for its
+ * next connection; a connection closed with unread input (a reset) loses
+ * it, and with it only a later resumption. Reads keep OpenSSL's socket
+ * BIO. BIO_dup_chain() is not supported (wsguard never duplicates an SSL).
  */
 static BIO_METHOD *wbio_method;
 static pthread_once_t wbio_once = PTHREAD_ONCE_INIT;
@@ -61,7 +64,6 @@ wbio_ctrl(BIO *b, int cmd, long num, void *ptr)
             *(int *)ptr = s->fd;
         return s->fd;
     case BIO_CTRL_FLUSH:        /* nothing is buffered here */
-    case BIO_CTRL_DUP:
         return 1;
     default:
         return 0;
@@ -71,9 +73,11 @@ wbio_ctrl(BIO *b, int cmd, long num, void *ptr)
 static void
 wbio_make(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK |
-                                     BIO_TYPE_DESCRIPTOR,
-                                 "wsguard socket write");
+    int index = BIO_get_new_index();
+    BIO_METHOD *m = index == -1 ? NULL
+                    : BIO_meth_new(index | BIO_TYPE_SOURCE_SINK |
+                                       BIO_TYPE_DESCRIPTOR,
+                                   "wsguard socket write");
     if (m != NULL && (BIO_meth_set_write(m, wbio_write) != 1 ||
                       BIO_meth_set_ctrl(m, wbio_ctrl) != 1)) {
         BIO_meth_free(m);
