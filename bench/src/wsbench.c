@@ -763,9 +763,11 @@ struct snap {
     uint64_t brd, bwr;      /* backend bytes read, written */
     uint64_t ttx, trx;      /* client sockets: TCP payload sent (acked),
                                received */
+    uint64_t sin, dsin, sout, dsout;    /* their segments in, of which with
+                                           data; segments out, with data */
 };
 
-static void tcp_bytes(struct conn *cs, int n, uint64_t *tx, uint64_t *rx);
+static void tcp_bytes(struct conn *cs, int n, struct snap *s);
 
 static void
 snap(struct snap *s, struct conn *cs, int n)
@@ -774,14 +776,16 @@ snap(struct snap *s, struct conn *cs, int n)
         s->bcpu = pid_cpu(bpid);
         pid_io(bpid, &s->brd, &s->bwr);
     }
-    tcp_bytes(cs, n, &s->ttx, &s->trx);
+    tcp_bytes(cs, n, s);
 }
 
-/* TCP payload bytes of the open connections (TLS records and all). */
+/* TCP payload bytes (TLS records and all) and segments of the open
+ * connections. Segments without data are acknowledgements and window
+ * updates: each one costs the receiver a trip through its TCP stack. */
 static void
-tcp_bytes(struct conn *cs, int n, uint64_t *tx, uint64_t *rx)
+tcp_bytes(struct conn *cs, int n, struct snap *s)
 {
-    *tx = *rx = 0;
+    s->ttx = s->trx = s->sin = s->dsin = s->sout = s->dsout = 0;
     for (int i = 0; i < n; i++) {
         if (cs[i].fd < 0 || cs[i].st == S_FREE)
             continue;
@@ -789,8 +793,12 @@ tcp_bytes(struct conn *cs, int n, uint64_t *tx, uint64_t *rx)
         socklen_t l = sizeof ti;
         memset(&ti, 0, sizeof ti);
         if (getsockopt(cs[i].fd, IPPROTO_TCP, TCP_INFO, &ti, &l) == 0) {
-            *tx += ti.tcpi_bytes_acked;
-            *rx += ti.tcpi_bytes_received;
+            s->ttx += ti.tcpi_bytes_acked;
+            s->trx += ti.tcpi_bytes_received;
+            s->sin += ti.tcpi_segs_in;
+            s->dsin += ti.tcpi_data_segs_in;
+            s->sout += ti.tcpi_segs_out;
+            s->dsout += ti.tcpi_data_segs_out;
         }
     }
 }
@@ -1474,10 +1482,15 @@ main(int argc, char **argv)
                "pmd_conns=%d json=%d wire_c2s_per_msg=%.1f "
                "wire_s2c_per_msg=%.1f plain_per_msg=%.1f "
                "tcp_c2s_per_msg=%.1f tcp_s2c_per_msg=%.1f "
+               "segs_in_per_msg=%.4f data_segs_in_per_msg=%.4f "
+               "segs_out_per_msg=%.4f data_segs_out_per_msg=%.4f "
                "proxy_cpu_us_per_msg=%.2f lg_cpu_us_per_msg=%.2f ",
                pmd_conns, json_mode, (double)wire_tx / nm,
                (double)wire_rx / nm, (double)plain_rx / nm,
                (double)(sn1.ttx - sn0.ttx) / nm, (double)(sn1.trx - sn0.trx) / nm,
+               (double)(sn1.sin - sn0.sin) / nm, (double)(sn1.dsin - sn0.dsin) / nm,
+               (double)(sn1.sout - sn0.sout) / nm,
+               (double)(sn1.dsout - sn0.dsout) / nm,
                pcpu / nm * 1e6, (lg1 - lg0) / nm * 1e6);
         if (bpid)
             snprintf(extra + xl, sizeof extra - (size_t)xl,
