@@ -1714,6 +1714,8 @@ relay_settle(struct relay *r, double now)
             continue;
         int abnormal = !(p->sent_close && p->got_close);
         side_close(s);
+        if (p == &r->be)
+            r->be_fin_by = 0;   /* it closed: nothing left to wait for */
         /* What was waiting for it is dropped, which makes room to keep
          * reading the other side (and see its close reply). */
         dir_flush(r, out);

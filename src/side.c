@@ -40,7 +40,7 @@ wbio_write(BIO *b, const char *p, int len)
     struct side *s = BIO_get_data(b);
     int flags = MSG_NOSIGNAL;
 
-    if (s->hs_open && SSL_get_state(s->ssl) == TLS_ST_SW_SESSION_TICKET &&
+    if (SSL_get_state(s->ssl) == TLS_ST_SW_SESSION_TICKET &&
         SSL_version(s->ssl) == TLS1_3_VERSION)
         flags |= MSG_MORE;
     BIO_clear_retry_flags(b);
@@ -161,7 +161,6 @@ side_open(struct side *s, struct ev_loop *loop, int fd, SSL_CTX *tls)
         ERR_clear_error();
         return -1;
     }
-    s->hs_open = 1;
     SSL_set_accept_state(s->ssl);
     return 0;
 }
@@ -269,7 +268,6 @@ side_handshake(struct side *s, char *why, size_t cap)
     int r = SSL_do_handshake(s->ssl);
     if (r == 1) {
         s->hs_wants_wr = 0;
-        s->hs_open = 0;
         return IO_OK;
     }
     switch (SSL_get_error(s->ssl, r)) {

@@ -39,8 +39,6 @@ struct side {
     unsigned hs_wants_wr : 1;   /* the TLS handshake waits for writability */
     unsigned full_stop : 1;     /* reading stopped on a full buffer: look
                                    inside TLS when it resumes */
-    unsigned hs_open : 1;       /* server TLS handshake not finished: its
-                                   ticket may wait for the next write */
     const char *hs_fail;        /* static reason when the TLS handshake
                                    failed over the client's certificate
                                    (tls_failure()), else NULL */

@@ -12,10 +12,9 @@
 
 #include <limits.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <pthread.h>
 
 #include <openssl/evp.h>
 

@@ -767,7 +767,7 @@ struct snap {
                                            data; segments out, with data */
 };
 
-static void tcp_bytes(struct conn *cs, int n, struct snap *s);
+static void tcp_counts(struct conn *cs, int n, struct snap *s);
 
 static void
 snap(struct snap *s, struct conn *cs, int n)
@@ -776,14 +776,14 @@ snap(struct snap *s, struct conn *cs, int n)
         s->bcpu = pid_cpu(bpid);
         pid_io(bpid, &s->brd, &s->bwr);
     }
-    tcp_bytes(cs, n, s);
+    tcp_counts(cs, n, s);
 }
 
 /* TCP payload bytes (TLS records and all) and segments of the open
  * connections. Segments without data are acknowledgements and window
  * updates: each one costs the receiver a trip through its TCP stack. */
 static void
-tcp_bytes(struct conn *cs, int n, struct snap *s)
+tcp_counts(struct conn *cs, int n, struct snap *s)
 {
     s->ttx = s->trx = s->sin = s->dsin = s->sout = s->dsout = 0;
     for (int i = 0; i < n; i++) {
