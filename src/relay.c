@@ -1512,7 +1512,7 @@ relay_start(struct relay *r, double now, const uint8_t *up, size_t up_n,
     r->last_activity = r->cli_rx = now;
     /* The handshake freed its record buffers after every record; from
      * here they are kept while traffic flows (see RELAY_QUIET_MS). */
-    side_keep_buffers(r->cli.io);
+    side_settle(r->cli.io);
     side_release_buffers(r->cli.io);
     r->held = 0;
     bucket_init(&r->b_msgs, p->message_burst ? (double)p->message_burst

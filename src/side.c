@@ -29,7 +29,9 @@
  * 200 ms: 200 ms on loopback). The client needs the ticket only for its
  * next connection; a connection closed with unread input (a reset) loses
  * it, and with it only a later resumption. Reads keep OpenSSL's socket
- * BIO. BIO_dup_chain() is not supported (wsguard never duplicates an SSL).
+ * BIO, which takes over writing as well once the relay starts
+ * (side_settle). BIO_dup_chain() is not supported (wsguard never
+ * duplicates an SSL).
  */
 static BIO_METHOD *wbio_method;
 static pthread_once_t wbio_once = PTHREAD_ONCE_INIT;
@@ -318,10 +320,17 @@ io_set(struct ev_loop *loop, ev_io *io, int on)
 }
 
 void
-side_keep_buffers(struct side *s)
+side_settle(struct side *s)
 {
-    if (s->ssl != NULL)
-        SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+    if (s->ssl == NULL)
+        return;
+    SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+    /* The write BIO was there for the ticket: from here the socket BIO
+     * writes as well, and the session keeps one BIO, not two (about 280
+     * bytes per idle session). OpenSSL frees ours. */
+    BIO *r = SSL_get_rbio(s->ssl);
+    if (r != NULL && SSL_get_wbio(s->ssl) != r && BIO_up_ref(r) == 1)
+        SSL_set0_wbio(s->ssl, r);
 }
 
 void

@@ -92,10 +92,12 @@ int side_pending(const struct side *s);
  * fairness kept). */
 void side_refeed(struct side *s);
 
-/* From now on keep the TLS record buffers between records (the session
- * is relaying; SSL_MODE_RELEASE_BUFFERS is for the handshake) until
- * side_release_buffers(). Nothing for plain TCP. */
-void side_keep_buffers(struct side *s);
+/* The session is relaying (the 101 is out). From now on keep the TLS
+ * record buffers between records (SSL_MODE_RELEASE_BUFFERS is for the
+ * handshake) until side_release_buffers(), and write through the socket
+ * BIO that reads (the server leg's own write BIO is for the handshake's
+ * ticket). Nothing for plain TCP. */
+void side_settle(struct side *s);
 
 /* Give back the TLS record buffers (about 2 x 16.7 KiB) unless OpenSSL
  * still holds bytes in them; the next read or write allocates them again.

@@ -159,7 +159,7 @@ ctx_base(struct build *b, int first)
                                  SSL_OP_NO_COMPRESSION);
     /* RELEASE_BUFFERS: a session in its handshake keeps no 16 KiB record
      * buffers between records. A relaying session turns it off
-     * (side_keep_buffers): freeing and reallocating them around nearly
+     * (side_settle): freeing and reallocating them around nearly
      * every record costs about 80 instructions per relayed 64 B message;
      * it gives them back after RELAY_QUIET_MS without traffic instead.
      * PARTIAL_WRITE + MOVING_WRITE_BUFFER: the relay writes whatever part
