@@ -810,6 +810,67 @@ be_failed(struct conn *c, const char *why, int err)
     conn_refuse(c, REF_BACKEND, why);
 }
 
+/* Send (the rest of) the backend's request. */
+static void
+be_send(struct conn *c)
+{
+    int r = out_flush(c, &c->be);
+    if (r < 0)
+        be_failed(c, "backend write failed", 0);
+    else if (r == 1)
+        conn_set_state(c, CS_BE_READ);
+}
+
+/* The connection to the backend is up: count it. */
+static void
+be_up(struct conn *c)
+{
+    stats_observe(&c->w->st.be_connect, now_of(c) - c->hs->be_started);
+    runtime_backend_result(c->rt, c->hs->be_addr, 0);
+}
+
+/* Build the backend's upgrade request in c->hs->out. Returns 0, or -1
+ * when the client was refused. */
+static int
+be_request(struct conn *c)
+{
+    struct hs *h = c->hs;
+    struct checks *k = &h->k;
+    const struct backend_addr *be = h->be_addr;
+    struct upgrade_fwd f = {0};
+    upgrade_new_key(&c->w->rnd, h->be_key);
+    f.backend = be;
+    f.target = k->target ? k->target : k->req.target;
+    f.target_len = k->target ? k->target_len : k->req.target_len;
+    f.client_ip = c->cl.peer;
+    f.real_ip = c->cl.ip;
+    f.client_tls = c->cli.ssl != NULL;
+    f.add_forwarded = c->pol->forwarded_headers;
+    f.trusted_peer = c->cl.trusted;
+    f.key = h->be_key;
+    f.drop = c->rt->identity;
+    f.ndrop = c->rt->nidentity;
+    f.edit = k->edit;
+    f.allow_underscore = cfg_of(c)->allow_underscore_headers;
+    f.extra = k->extra;
+    f.extra_len = k->extra_len;
+    size_t cap = h->head_used + k->extra_len + k->ureq.host_len + 2048 +
+                 strlen(be->path_prefix);
+    free(h->out);
+    h->out_len = h->out_off = 0;
+    if ((h->out = malloc(cap)) == NULL) {
+        conn_refuse(c, REF_INTERNAL, NULL);
+        return -1;
+    }
+    int n = upgrade_backend_request(h->out, cap, &k->req, &f);
+    if (n < 0) {
+        conn_refuse(c, REF_BACKEND, "backend request too large");
+        return -1;
+    }
+    h->out_len = (size_t)n;
+    return 0;
+}
+
 static void
 be_connect(struct conn *c)
 {
@@ -839,14 +900,32 @@ be_connect(struct conn *c)
         be_failed(c, "backend unreachable", errno);
         return;
     }
-    /* Completion is reported by writability (be_connected). */
+    if (be_request(c) != 0)
+        return;
+    /* The request goes at once. To a backend on the same host the
+     * connection is usually up when connect() returns (the backend's
+     * SYN-ACK is taken in as connect() releases the socket), and the
+     * request then costs no wait for writability, no SO_ERROR and no
+     * round of the loop. A socket still connecting takes nothing
+     * (EAGAIN); one whose connect failed says why (ECONNREFUSED,
+     * ETIMEDOUT, ...); EPIPE and ECONNRESET come from a connection that
+     * was up. */
+    int r = out_flush(c, &c->be), err = errno;
+    if (r < 0 && err != EPIPE && err != ECONNRESET) {
+        be_failed(c, "backend unreachable", err);
+    } else if (r < 0) {
+        be_up(c);
+        be_failed(c, "backend write failed", 0);
+    } else if (c->hs->out_off > 0) {
+        be_up(c);
+        conn_set_state(c, r == 1 ? CS_BE_READ : CS_BE_SEND);
+    }
+    /* Otherwise completion is reported by writability (be_connected). */
 }
 
 static void
 be_connected(struct conn *c)
 {
-    struct hs *h = c->hs;
-    struct checks *k = &h->k;
     int err = 0;
     socklen_t len = sizeof err;
 
@@ -856,46 +935,9 @@ be_connected(struct conn *c)
         be_failed(c, "backend unreachable", err);
         return;
     }
-    stats_observe(&c->w->st.be_connect, now_of(c) - h->be_started);
-    runtime_backend_result(c->rt, h->be_addr, 0);
-    const struct backend_addr *be = h->be_addr;
-    struct upgrade_fwd f = {0};
-    upgrade_new_key(&c->w->rnd, h->be_key);
-    f.backend = be;
-    f.target = k->target ? k->target : k->req.target;
-    f.target_len = k->target ? k->target_len : k->req.target_len;
-    f.client_ip = c->cl.peer;
-    f.real_ip = c->cl.ip;
-    f.client_tls = c->cli.ssl != NULL;
-    f.add_forwarded = c->pol->forwarded_headers;
-    f.trusted_peer = c->cl.trusted;
-    f.key = h->be_key;
-    f.drop = c->rt->identity;
-    f.ndrop = c->rt->nidentity;
-    f.edit = k->edit;
-    f.allow_underscore = cfg_of(c)->allow_underscore_headers;
-    f.extra = k->extra;
-    f.extra_len = k->extra_len;
-    size_t cap = h->head_used + k->extra_len + k->ureq.host_len + 2048 +
-                 strlen(be->path_prefix);
-    free(h->out);
-    if ((h->out = malloc(cap)) == NULL) {
-        conn_refuse(c, REF_INTERNAL, NULL);
-        return;
-    }
-    int n = upgrade_backend_request(h->out, cap, &k->req, &f);
-    if (n < 0) {
-        conn_refuse(c, REF_BACKEND, "backend request too large");
-        return;
-    }
-    h->out_len = (size_t)n;
-    h->out_off = 0;
+    be_up(c);
     conn_set_state(c, CS_BE_SEND);
-    int r = out_flush(c, &c->be);
-    if (r < 0)
-        be_failed(c, "backend write failed", 0);
-    else if (r == 1)
-        conn_set_state(c, CS_BE_READ);
+    be_send(c);
 }
 
 /* The relay takes over from the handshake (the client has its 101). */
@@ -1201,14 +1243,9 @@ conn_io(struct conn *c, struct side *s, int revents)
     case CS_BE_CONNECT:
         be_connected(c);
         break;
-    case CS_BE_SEND: {
-        int r = out_flush(c, &c->be);
-        if (r < 0)
-            be_failed(c, "backend write failed", 0);
-        else if (r == 1)
-            conn_set_state(c, CS_BE_READ);
+    case CS_BE_SEND:
+        be_send(c);
         break;
-    }
     case CS_BE_READ:
         be_read_response(c);
         break;

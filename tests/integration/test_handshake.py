@@ -5,6 +5,8 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
+import signal
 import socket
 import subprocess
 import time
@@ -109,10 +111,51 @@ def closed_port():
 
 
 def test_backend_down_502(backend, wsguard_factory):
-    wsg = wsguard_factory("ws://127.0.0.1:%d" % closed_port())
+    port = closed_port()
+    wsg = wsguard_factory("ws://127.0.0.1:%d" % port)
     status, _, raw = http_exchange(wsg, upgrade_head(wsg), timeout=15)
     assert status == 502, raw[:300]
     assert_one_reject(wsg, 502)
+    # The request, tried as soon as connect() returns, finds the refusal:
+    # the log names it, not a failed write.
+    assert ("backend ws://127.0.0.1:%d: backend unreachable: Connection "
+            "refused" % port) in wsg.stderr_text(), wsg.stderr_text()[-2000:]
+
+
+def test_backend_request_without_waiting(backend, wsguard_factory, tmp_path):
+    """To a backend on the same host the connection is up when connect()
+    returns (the backend's SYN-ACK is taken in as the call ends), so the
+    upgrade request goes at once: no wait for writability, no
+    getsockopt(SO_ERROR). Seen by strace attached to wsguard."""
+    wsg = wsguard_factory(backend.url, SERVER_WORKERS="1")
+    trace = tmp_path / "strace.out"
+    st = subprocess.Popen(["strace", "-f", "-p", str(wsg.proc.pid), "-e",
+                           "trace=connect,getsockopt,write", "-o", str(trace)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    try:
+        # strace says when it holds every thread; only then is a session
+        # sure to be seen.
+        line = st.stderr.readline()
+        assert "attached" in line, line
+
+        async def session():
+            async with connect(wsg) as ws:
+                await ws.send("hello")
+                assert await asyncio.wait_for(ws.recv(), 10) == "hello"
+        run(session(), 30)
+        backend.wait_record(lambda r: r["event"] == "open")
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=30)
+    text = trace.read_text()
+    m = re.search(r"connect\((\d+), \{sa_family=AF_INET, sin_port=htons\(%d\)"
+                  % backend.port, text)
+    assert m, text[-3000:]
+    fd = m.group(1)
+    assert re.search(r"write\(%s, \"GET " % fd, text), text[-3000:]
+    assert not re.search(r"getsockopt\(%s, SOL_SOCKET, SO_ERROR" % fd, text), \
+        text[-3000:]
 
 
 def test_backend_refuses_upgrade(backend_factory, wsguard_factory):
