@@ -825,7 +825,7 @@ be_send(struct conn *c)
 static void
 be_up(struct conn *c)
 {
-    stats_observe(&c->w->st.be_connect, now_of(c) - c->hs->be_started);
+    stats_observe(&c->w->st.be_connect, ev_time() - c->hs->be_started);
     runtime_backend_result(c->rt, c->hs->be_addr, 0);
 }
 
@@ -892,7 +892,9 @@ be_connect(struct conn *c)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     side_open(&c->be, c->w->loop, fd, NULL);
-    c->hs->be_started = now_of(c);
+    /* The real time, not the loop's: the connection may be up before
+     * this callback returns. */
+    c->hs->be_started = ev_time();
     if (c->state != CS_BE_CONNECT)
         conn_set_state(c, CS_BE_CONNECT);
     if (connect(fd, (struct sockaddr *)&ss, sl) == -1 &&
@@ -1244,10 +1246,19 @@ conn_io(struct conn *c, struct side *s, int revents)
         be_connected(c);
         break;
     case CS_BE_SEND:
-        be_send(c);
-        break;
     case CS_BE_READ:
-        be_read_response(c);
+        if (s == &c->cli) {
+            /* The client is not heard until the relay starts. Coming
+             * straight from REQ_READ (be_connect), its watchers were left
+             * as they were: stopping and restarting them costs one or two
+             * epoll_ctl per session, so they go off only if the client
+             * actually stirs (bytes before its 101, EOF). */
+            side_watch(&c->cli, 0, 0);
+        } else if (c->state == CS_BE_SEND) {
+            be_send(c);
+        } else {
+            be_read_response(c);
+        }
         break;
     case CS_CLI_101:
         conn_send_101(c);
