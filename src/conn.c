@@ -998,6 +998,11 @@ relay_begin(struct conn *c)
                       (const uint8_t *)h->bhead, h->bhead_len);
     hs_free(c->hs);
     c->hs = NULL;
+    /* Records the client sent behind its request may wait inside OpenSSL
+     * (read ahead with the head). The socket will not announce them, and
+     * the client's read watcher may have stayed on since REQ_READ (see
+     * be_connect), so starting it again would not look either. */
+    side_refeed(&c->cli);
     conn_relay_events(c, ev);
 }
 

@@ -223,6 +223,30 @@ def test_client_data_while_backend_answers_slowly(wsguard_factory):
         lsock.close()
 
 
+def test_frame_behind_request_in_one_segment(backend, wsguard):
+    """The request and a first frame in two TLS records of one TCP
+    segment (TCP_CORK): OpenSSL reads both ahead with the head, so the
+    frame waits inside it, where the socket never announces it. It must
+    still be relayed once the session starts, without the client sending
+    anything more."""
+    cli = raw_connect(wsguard, timeout=10)
+    try:
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        cli.sendall(upgrade_head(wsguard))
+        cli.sendall(rawws.build_frame(0x1, b"early"))
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        status, _, raw = read_head(cli, timeout=10)
+        assert status == 101, raw[:300]
+        rest = raw.split(b"\r\n\r\n", 1)[1]
+        while len(rest) < 7:
+            chunk = cli.recv(4096)
+            assert chunk, rest
+            rest += chunk
+        assert rest[:7] == b"\x81\x05early", rest
+    finally:
+        cli.close()
+
+
 def test_backend_refuses_upgrade(backend_factory, wsguard_factory):
     b = backend_factory("--reject", "403")
     wsg = wsguard_factory(b.url)
