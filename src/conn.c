@@ -913,16 +913,17 @@ be_connect(struct conn *c)
      * ETIMEDOUT, ...); EPIPE and ECONNRESET come from a connection that
      * was up. */
     int r = out_flush(c, &c->be), err = errno;
+    if (r == 0 && c->hs->out_off == 0)
+        return;     /* connecting: writability reports it (be_connected) */
     if (r < 0 && err != EPIPE && err != ECONNRESET) {
         be_failed(c, "backend unreachable", err);
-    } else if (r < 0) {
-        be_up(c);
-        be_failed(c, "backend write failed", 0);
-    } else if (c->hs->out_off > 0) {
-        be_up(c);
-        conn_set_state(c, r == 1 ? CS_BE_READ : CS_BE_SEND);
+        return;
     }
-    /* Otherwise completion is reported by writability (be_connected). */
+    be_up(c);
+    if (r < 0)
+        be_failed(c, "backend write failed", 0);
+    else
+        conn_set_state(c, r == 1 ? CS_BE_READ : CS_BE_SEND);
 }
 
 static void

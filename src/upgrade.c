@@ -11,8 +11,8 @@
 #include "upgrade.h"
 
 #include <limits.h>
-#include <stdio.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -17,6 +17,7 @@ import rawws
 from conftest import clean_env, wsguard_bin, write_ini
 from helpers import (connect, http_exchange, new_key, raw_connect, read_head,
                      run, upgrade_head, wait_eof)
+from limitstools import cpu_seconds
 
 
 def head_post(wsg):
@@ -168,11 +169,6 @@ def test_backend_request_without_waiting(backend, wsguard_factory, tmp_path):
         assert not any("SO_ERROR" in ln for ln in after), after
 
 
-def _cpu_seconds(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_client_data_while_backend_answers_slowly(wsguard_factory):
     """A client that sends a frame before its 101 while the backend takes
     its time: wsguard does not listen to the client until the relay
@@ -199,9 +195,9 @@ def test_client_data_while_backend_answers_slowly(wsguard_factory):
         frame = rawws.build_frame(0x1, b"early")
         cli.sendall(frame)
         pid = wsg.proc.pid
-        t0, c0 = time.monotonic(), _cpu_seconds(pid)
+        t0, c0 = time.monotonic(), cpu_seconds(pid)
         time.sleep(1.5)     # the interval measured, not a synchronisation
-        used = _cpu_seconds(pid) - c0
+        used = cpu_seconds(pid) - c0
         assert used < 0.3, "wsguard used %.2f s of CPU in %.2f s waiting " \
             "for the backend" % (used, time.monotonic() - t0)
         key = re.search(rb"(?i)sec-websocket-key: *(\S+)", req).group(1)
